@@ -1,0 +1,5 @@
+"""Models: a registry of plain ``nn.Module``s returning :class:`MultiTaskOutput`."""
+
+from densemtl.models.base import MODELS, MultiTaskModel, MultiTaskOutput, register_model
+
+__all__ = ["MODELS", "MultiTaskModel", "MultiTaskOutput", "register_model"]
