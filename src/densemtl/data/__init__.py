@@ -1,5 +1,6 @@
 """Datasets: readers of the standard on-disk layouts, transforms, the DataModule."""
 
+from densemtl.data import nyud  # noqa: F401  (registers nyud, nyud-mt, nyuv2-13)
 from densemtl.data.base import DATASETS, DatasetNotFoundError, MultiTaskDataset, register_dataset
 
 __all__ = ["DATASETS", "DatasetNotFoundError", "MultiTaskDataset", "register_dataset"]
