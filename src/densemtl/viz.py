@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from densemtl.tasks import IGNORE_INDEX, get_task
 
-__all__ = ["colorize", "depth_colormap", "grid", "label_palette", "tile_row"]
+__all__ = ["colorize", "depth_colormap", "grid", "label_palette", "tile_row", "to_display"]
 
 # Anchor colours of a perceptually ordered map (dark blue -> cyan -> yellow -> red), near to "turbo".
 _DEPTH_ANCHORS = np.array(
@@ -151,3 +151,11 @@ def grid(
     width = max(r.shape[1] for r in rows)
     padded = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     return np.concatenate(padded, axis=0)
+
+
+def to_display(image: torch.Tensor) -> np.ndarray:
+    """A normalised image (3, H, W) as uint8 (H, W, 3) for display, by per-image min-max stretching."""
+    x = image.detach().float().cpu()
+    lo, hi = x.amin(), x.amax()
+    x = (x - lo) / (hi - lo).clamp_min(1e-6)
+    return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

@@ -1,0 +1,118 @@
+"""The ``densemtl`` command.
+
+* ``densemtl fit|validate|test|predict --config configs/<dataset>/<model>.yaml [overrides]``: LightningCLI
+  over :class:`~densemtl.engine.MultiTaskModule` and :class:`~densemtl.data.datamodule.MultiTaskDataModule`.
+  ``data.tasks``, ``data.num_classes`` and ``data.family`` are linked into the model, so tasks are
+  given once.
+* ``densemtl generate synth-nyud|synth-pascal --out DIR ...``: write a synthetic dataset.
+* ``densemtl convert nyud-mat nyu_depth_v2_labeled.mat --out DIR ...``: convert the official NYU file.
+* ``densemtl verify-dataset ROOT``: detect the on-disk variant of a dataset and check it.
+* ``densemtl demo``: generate, train, test and predict on the synthetic dataset.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from densemtl.callbacks import PredictionImageWriter
+from densemtl.data.datamodule import MultiTaskDataModule
+from densemtl.engine import MultiTaskModule
+
+__all__ = ["DenseMTLCLI", "main"]
+
+
+class DenseMTLCLI(LightningCLI):
+    """LightningCLI with the task links, checkpointing and the prediction writer preconfigured."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.family", "model.family", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch:03d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(PredictionImageWriter, "predict_writer")
+
+
+def _extra_commands() -> dict[str, Callable[[Sequence[str]], Any]]:
+    return {
+        "generate": _run_generate,
+        "convert": _run_convert,
+        "verify-dataset": _run_verify,
+        "demo": _run_demo,
+    }
+
+
+def _run_generate(args: Sequence[str]) -> Any:
+    from jsonargparse import CLI
+
+    from densemtl.data.synthetic import generate_synth_nyud, generate_synth_pascal
+
+    return CLI({"synth-nyud": generate_synth_nyud, "synth-pascal": generate_synth_pascal}, args=list(args))
+
+
+def _run_convert(args: Sequence[str]) -> Any:
+    from jsonargparse import CLI
+
+    from densemtl.data.convert import convert_nyud_mat
+
+    return CLI({"nyud-mat": convert_nyud_mat}, args=list(args))
+
+
+def _run_verify(args: Sequence[str]) -> Any:
+    from jsonargparse import CLI
+
+    from densemtl.data.nyud import verify_dataset
+
+    report = CLI(verify_dataset, args=list(args))
+    print(report)
+    return report
+
+
+def _run_demo(args: Sequence[str]) -> Any:
+    from jsonargparse import CLI
+
+    from densemtl.demo import run_demo
+
+    return CLI(run_demo, args=list(args))
+
+
+def cli_main(args: Sequence[str] | None = None, run: bool = True) -> DenseMTLCLI:
+    """Run the LightningCLI (``fit``, ``validate``, ``test``, ``predict``) with ``args``."""
+    return DenseMTLCLI(
+        MultiTaskModule,
+        MultiTaskDataModule,
+        trainer_defaults={
+            "default_root_dir": "runs",
+            "callbacks": [LearningRateMonitor(logging_interval="step")],
+        },
+        save_config_kwargs={"overwrite": True},
+        args=list(args) if args is not None else None,
+        run=run,
+        parser_kwargs={"description": "densemtl: multi-task dense prediction"},
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    """Entry point of the ``densemtl`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = _extra_commands()
+    if argv and argv[0] in extra:
+        return extra[argv[0]](argv[1:])
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+    return cli_main(argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,266 @@
+"""``MultiTaskModule``: the one LightningModule that trains, evaluates and predicts with every model.
+
+It builds the model, criterion, weighting and metrics from their registries and talks to them only
+through their interfaces (``MultiTaskOutput``, ``TaskLosses``, ``Weighting``, ``MultiTaskMetrics``).
+Log names are fixed: ``loss/<task>``, ``weight/<task>``, ``loss/total``, ``val/<task>/<metric>``,
+``test/<task>/<metric>`` and ``val/delta_m`` when an STL reference exists.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from densemtl.losses import MultiTaskCriterion
+from densemtl.metrics.collection import MultiTaskMetrics
+from densemtl.metrics.delta_m import compute_delta_m
+from densemtl.models import MODELS, MultiTaskModel
+from densemtl.results import write_results
+from densemtl.tasks import get_task
+from densemtl.viz import grid, to_display
+from densemtl.weighting import WEIGHTINGS, Kind, StepContext, TrainInfo, Weighting
+from densemtl.weighting.base import EpochStats, StepEnd, task_objective_terms
+
+__all__ = ["MultiTaskModule", "build_from_registry"]
+
+log = logging.getLogger(__name__)
+
+
+def build_from_registry(registry: Any, kind: str, name: str, args: Mapping[str, Any] | None, **given: Any) -> Any:
+    """Instantiate ``registry.get(name)(**given, **args)`` with a clear error for wrong arguments."""
+    cls = registry.get(name)
+    kwargs = {**(args or {}), **given}
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            valid = sorted(k for k in params if k not in given)
+            raise ValueError(f"{kind} {name!r} has no argument(s) {unknown}; valid arguments: {valid}")
+    return cls(**kwargs)
+
+
+class MultiTaskModule(L.LightningModule):
+    """Training, evaluation and prediction of a multi-task dense model.
+
+    ``tasks``, ``num_classes`` and ``family`` are linked from the DataModule by the CLI, so tasks are
+    given once.
+
+    Args:
+        tasks: task names, in order.
+        num_classes: task -> class count of segmentation-like tasks.
+        family: dataset family (``nyud``, ``pascal``, ``nyuv2_13``), for default loss weights and the
+            STL reference of Δm.
+        arch: model registry name (``stl``, ``hps``, ...).
+        arch_args: keyword arguments of the model (e.g. ``encoder``, ``pretrained``).
+        weighting: weighting registry name (``ew``, ``static``, ...).
+        weighting_args: keyword arguments of the weighting method.
+        criterion_args: keyword arguments of :class:`~densemtl.losses.MultiTaskCriterion`.
+        optimizer: ``adamw``, ``adam`` or ``sgd``.
+        lr: base learning rate.
+        weight_decay: weight decay.
+        momentum: SGD momentum.
+        scheduler: ``poly`` (power ``poly_power``), ``cosine`` or ``none``; stepped every iteration
+            over ``trainer.estimated_stepping_batches``.
+        poly_power: exponent of the poly schedule.
+        metrics_protocol: metric protocol preset (``default``, ``mtinet``, ``invpt``, ...).
+        metrics_args: task -> metric options overriding the preset.
+        delta_m_reference: STL reference table entry for Δm (e.g. ``nyud/mtcp_stl``); None picks the
+            family's default if one exists.
+        log_images: number of validation images logged to TensorBoard per epoch (0 disables).
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str] | None = None,
+        num_classes: dict[str, int] | None = None,
+        family: str = "",
+        arch: str = "hps",
+        arch_args: dict[str, Any] | None = None,
+        weighting: str = "ew",
+        weighting_args: dict[str, Any] | None = None,
+        criterion_args: dict[str, Any] | None = None,
+        optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        scheduler: Literal["poly", "cosine", "none"] = "poly",
+        poly_power: float = 0.9,
+        metrics_protocol: str = "default",
+        metrics_args: dict[str, dict[str, Any]] | None = None,
+        delta_m_reference: str | None = None,
+        log_images: int = 4,
+    ) -> None:
+        super().__init__()
+        if not tasks:
+            raise ValueError("MultiTaskModule needs tasks (the CLI links them from data.tasks)")
+        self.save_hyperparameters()
+        self.tasks = tuple(tasks)
+        for t in self.tasks:
+            get_task(t)
+        self.family = family
+        self.model: MultiTaskModel = build_from_registry(
+            MODELS, "model", arch, arch_args, tasks=list(self.tasks), num_classes=dict(num_classes or {})
+        )
+        missing = [t for t in self.tasks if t not in self.model.tasks]
+        if missing:
+            raise ValueError(f"model {arch!r} does not produce task(s) {missing}; it produces {list(self.model.tasks)}")
+        self.criterion = MultiTaskCriterion(self.tasks, **(criterion_args or {}))
+        self.weighting: Weighting = build_from_registry(WEIGHTINGS, "weighting", weighting, weighting_args)
+        self.val_metrics = MultiTaskMetrics(
+            self.tasks, dict(num_classes or {}), protocol=metrics_protocol, options=metrics_args
+        )
+        self.test_metrics = self.val_metrics.clone()
+        self._last_test_results: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ forward / training
+    def forward(self, images: Tensor):  # noqa: D401 - Lightning hook
+        return self.model(images)
+
+    def on_train_start(self) -> None:
+        trainer = self.trainer
+        self.weighting.on_train_start(
+            TrainInfo(
+                tasks=self.tasks,
+                world_size=trainer.world_size,
+                steps_per_epoch=trainer.num_training_batches if trainer.num_training_batches != float("inf") else None,
+                max_epochs=trainer.max_epochs,
+                seed=int(torch.initial_seed() % 2**31),
+                family=self.family,
+            )
+        )
+
+    def _step_context(self) -> StepContext:
+        return StepContext(epoch=self.current_epoch, step=self.global_step + 1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        ctx = self._step_context()
+        kind = self.weighting.needs(ctx)
+        if kind is not Kind.LOSSES:
+            raise NotImplementedError(f"weighting kind {kind.value!r} is not supported by the engine yet")
+        output = self.model(batch["image"])
+        losses = self.criterion(output, batch)
+        terms = task_objective_terms(losses.main, losses.aux, self.tasks)
+        objective, weights = self.weighting.combine(self.weighting.task_objectives(terms), ctx)
+        for term in losses.extra.values():
+            objective = objective + term
+        batch_size = batch["image"].shape[0]
+        logged = {f"loss/{t}": losses.main[t].detach() for t in self.tasks}
+        logged.update({f"weight/{t}": torch.as_tensor(w).detach().float() for t, w in weights.items()})
+        logged.update({f"loss_extra/{k}": v.detach() for k, v in losses.extra.items()})
+        logged["loss/total"] = objective.detach()
+        self.log_dict(logged, batch_size=batch_size, on_step=True, on_epoch=False)
+        self.log("train_loss", objective.detach(), batch_size=batch_size, prog_bar=True, on_step=True, on_epoch=True)
+        return objective
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.weighting.on_step_end(StepEnd(step_taken=True))
+
+    def on_train_epoch_end(self) -> None:
+        self.weighting.on_epoch_end(EpochStats())
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: dict[str, Any], metrics: MultiTaskMetrics, prefix: str) -> dict[str, Tensor]:
+        output = self.model(batch["image"])
+        losses = self.criterion(output, batch)
+        batch_size = batch["image"].shape[0]
+        self.log_dict(
+            {f"{prefix}/{t}/loss": losses.main[t].detach() for t in self.tasks},
+            batch_size=batch_size,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+        )
+        metrics.update(output.preds, batch)
+        return output.preds
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        preds = self._eval_step(batch, self.val_metrics, "val")
+        if batch_idx == 0 and self.hparams.log_images:
+            self._log_images(batch, preds)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def _finish_eval(self, metrics: MultiTaskMetrics, prefix: str) -> dict[str, Any]:
+        values = metrics.compute()
+        metrics.reset()
+        flat = {f"{prefix}/{t}/{m}": float(v) for t, ms in values.items() for m, v in ms.items()}
+        delta = compute_delta_m(values, family=self.family, reference=self.hparams.delta_m_reference)
+        if delta.value is not None:
+            flat[f"{prefix}/delta_m"] = float(delta.value)
+        self.log_dict(flat, sync_dist=False)
+        return {"metrics": values, "delta_m": delta}
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_eval(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        result = self._finish_eval(self.test_metrics, "test")
+        self._last_test_results = result
+        if self.trainer.is_global_zero:
+            out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            delta = result["delta_m"]
+            json_path, md_path = write_results(
+                result["metrics"],
+                out_dir,
+                name="test",
+                extra={
+                    "tasks": list(self.tasks),
+                    "arch": self.hparams.arch,
+                    "weighting": self.hparams.weighting,
+                    "metrics_protocol": self.hparams.metrics_protocol,
+                    "family": self.family,
+                    "epoch": int(self.current_epoch),
+                    "global_step": int(self.global_step),
+                },
+                delta_m=delta,
+            )
+            log.info("test metrics written to %s and %s", json_path, md_path)
+
+    # ------------------------------------------------------------------ prediction
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        preds = self.model(batch["image"]).preds
+        return {"preds": {t: p.float().cpu() for t, p in preds.items()}, "meta": batch.get("meta")}
+
+    # ------------------------------------------------------------------ images
+    def _log_images(self, batch: dict[str, Any], preds: Mapping[str, Tensor]) -> None:
+        logger = self.logger
+        experiment = getattr(logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_image"):
+            return
+        n = min(int(self.hparams.log_images), batch["image"].shape[0])
+        for i in range(n):
+            image = to_display(batch["image"][i])
+            targets = {t: batch[t][i] for t in self.tasks if t in batch}
+            picture = grid(image, targets, {t: preds[t][i] for t in self.tasks})
+            experiment.add_image(f"val/sample_{i}", picture, self.global_step, dataformats="HWC")
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum)
+        else:
+            raise ValueError(f"unknown optimizer {hp.optimizer!r}; available: ['adam', 'adamw', 'sgd']")
+        if hp.scheduler == "none":
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        if hp.scheduler == "poly":
+            sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total, power=hp.poly_power)
+        elif hp.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        else:
+            raise ValueError(f"unknown scheduler {hp.scheduler!r}; available: ['cosine', 'none', 'poly']")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
