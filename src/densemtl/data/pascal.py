@@ -28,17 +28,25 @@ what the reader reads; every file is written to a temporary name in the target f
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, ClassVar
 
 import numpy as np
 import scipy.io
+import torch
 from PIL import Image
+from scipy import ndimage
+from skimage.morphology import thin
 
+from densemtl.data.base import DatasetNotFoundError, MultiTaskDataset, Sample, register_dataset
+from densemtl.data.pascal_classes import NYU_COMPATIBLE_CONTEXT_IDS
 from densemtl.tasks import IGNORE_INDEX
 
 __all__ = [
@@ -48,12 +56,19 @@ __all__ = [
     "PART_CLASSES",
     "PART_NAME_TO_CLASS",
     "PERSON_CLASS_ID",
+    "PascalContext",
     "PascalObject",
     "SAL_DIR",
     "SEMSEG_DIRS",
     "SPLIT_DIR",
     "IMAGE_DIR",
     "VOC_CLASSES",
+    "default_cache_dir",
+    "edge_from_label_map",
+    "human_parts_from_objects",
+    "normals_from_png",
+    "read_label_map",
+    "read_part_objects",
     "write_label_map",
     "write_normals",
     "write_part_annotation",
@@ -293,3 +308,429 @@ def write_split(root: str | Path, split: str, names: Sequence[str]) -> Path:
     """Write ``ImageSets/Context/<split>.txt``, one id per line."""
     text = "".join(f"{n}\n" for n in names).encode()
     return _atomic_write(Path(root) / SPLIT_DIR / f"{split}.txt", lambda f: f.write(text))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Decoding (pure functions of arrays, shared by the reader and its tests)
+# ----------------------------------------------------------------------------------------------------------
+
+_LAPLACIAN_4 = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def edge_from_label_map(label_map: np.ndarray) -> np.ndarray:
+    """Semantic boundaries of a label map: thinned ``|Laplacian| > 0`` (``spec/protocols.md`` §2.4).
+
+    The Laplacian is the 4-neighbour 3x3 kernel (OpenCV's default aperture) in float64. Borders are
+    extended with scipy's ``mode="mirror"`` (``d c b | a b c d | c b a``), which is OpenCV's default
+    ``BORDER_REFLECT_101``, so a label region touching the image border makes no edge there.
+
+    Args:
+        label_map: (H, W) integer class ids.
+
+    Returns:
+        (H, W) float32 in {0, 1}.
+    """
+    label_map = _check_2d("label_map", label_map)
+    lap = ndimage.convolve(label_map.astype(np.float64), _LAPLACIAN_4, mode="mirror")
+    return thin(np.abs(lap) > 0).astype(np.float32)
+
+
+def human_parts_from_objects(objects: Iterable[PascalObject], size: tuple[int, int]) -> tuple[np.ndarray, bool]:
+    """The 7-class human-part map of one image (``spec/protocols.md`` §2.4).
+
+    Starts from background 0; for every person object (class 15) with parts, each part's pixels get the
+    part's class (:data:`PART_NAME_TO_CLASS`; later parts overwrite earlier ones).
+
+    Args:
+        objects: the image's PASCAL-Part objects.
+        size: (H, W) of the image.
+
+    Returns:
+        (labels, has_parts): int64 (H, W) labels, all 255 when no person part is annotated, and whether
+        any person part was found.
+    """
+    labels = np.zeros(size, dtype=np.int64)
+    has_parts = False
+    for i, obj in enumerate(objects):
+        if int(obj.class_id) != PERSON_CLASS_ID:
+            continue
+        for part_name, mask in obj.parts:
+            if part_name not in PART_NAME_TO_CLASS:
+                raise ValueError(
+                    f"person object {i} has an unknown part name {part_name!r}; expected one of "
+                    f"{sorted(PART_NAME_TO_CLASS)}"
+                )
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != tuple(size):
+                raise ValueError(f"mask of part {part_name!r} of object {i} has shape {mask.shape}, image {size}")
+            labels[mask] = PART_NAME_TO_CLASS[part_name]
+            has_parts = True
+    if not has_parts:
+        labels.fill(IGNORE_INDEX)
+    return labels, has_parts
+
+
+def normals_from_png(encoded: np.ndarray, label_map: np.ndarray) -> np.ndarray:
+    """Decode distilled normals and mask them to NYU-compatible classes.
+
+    Args:
+        encoded: (H, W, 3) uint8, n = 2v/255 - 1.
+        label_map: (H, W) PASCAL-Context ``LabelMap`` (1..459).
+
+    Returns:
+        float32 (3, H, W); the zero vector (invalid) wherever the label is not in
+        :data:`~densemtl.data.pascal_classes.NYU_COMPATIBLE_CONTEXT_IDS`.
+    """
+    normals = encoded.astype(np.float32).transpose(2, 0, 1) * np.float32(2.0 / 255.0) - np.float32(1.0)
+    keep = np.isin(label_map, np.fromiter(NYU_COMPATIBLE_CONTEXT_IDS, dtype=np.int64))
+    normals[:, ~keep] = 0.0
+    return normals
+
+
+# ----------------------------------------------------------------------------------------------------------
+# File readers
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _MalformedPartsError(ValueError):
+    """A PASCAL-Part ``.mat`` that does not have the expected struct layout."""
+
+
+def _malformed(path: Path, detail: str) -> _MalformedPartsError:
+    return _MalformedPartsError(
+        f"malformed PASCAL-Part annotation {path}: {detail}; expected a struct 'anno' whose anno[0][0][1][0] is "
+        "the object list, each object (class, class_ind, mask (H, W), parts) with parts a list of "
+        "(part_name, mask (H, W))"
+    )
+
+
+def _loadmat(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return scipy.io.loadmat(path)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # scipy raises ValueError, TypeError, MatReadError, ... on bad files
+        raise ValueError(f"cannot read {what} {path}: {err}") from err
+
+
+def _parse_part(path: Path, obj_index: int, part: Any) -> tuple[str, np.ndarray]:
+    name = np.asarray(part[0]).ravel()
+    mask = np.asarray(part[1])
+    if name.size != 1 or not isinstance(name[0], str) or mask.ndim != 2:
+        raise _malformed(path, f"part of object {obj_index} is not (name, 2-D mask)")
+    return str(name[0]), mask.astype(bool)
+
+
+def read_part_objects(path: str | Path) -> list[PascalObject]:
+    """Parse a PASCAL-Part ``.mat`` into :class:`PascalObject` s.
+
+    ``loadmat(path)["anno"][0][0][1][0]`` is the object list; per object ``[1]`` is the VOC class id,
+    ``[2]`` the instance mask and ``[3]`` the (part name, mask) list (empty when unannotated).
+    """
+    path = Path(path)
+    mat = _loadmat(path, "PASCAL-Part annotation")
+    if "anno" not in mat:
+        raise _malformed(path, f"no 'anno' variable (found {sorted(k for k in mat if not k.startswith('__'))})")
+    try:
+        objects = mat["anno"][0][0][1]
+        records = [] if objects.size == 0 else list(objects[0])
+        out = []
+        for i, obj in enumerate(records):
+            class_ind = np.asarray(obj[1]).ravel()
+            mask = np.asarray(obj[2])
+            if class_ind.size != 1 or mask.ndim != 2:
+                raise _malformed(
+                    path, f"object {i} has class_ind of size {class_ind.size} and mask of shape {mask.shape}"
+                )
+            parts_arr = np.asarray(obj[3])
+            parts = [_parse_part(path, i, p) for p in parts_arr.ravel()] if parts_arr.size else []
+            out.append(PascalObject(int(class_ind[0]), mask.astype(bool), parts))
+    except _MalformedPartsError:
+        raise
+    except (IndexError, TypeError, KeyError, ValueError) as err:
+        raise _malformed(path, f"{type(err).__name__}: {err}") from err
+    return out
+
+
+def read_label_map(path: str | Path) -> np.ndarray:
+    """Read ``LabelMap`` from a PASCAL-Context ``.mat``: int64 (H, W), values 0..459."""
+    path = Path(path)
+    mat = _loadmat(path, "PASCAL-Context label map")
+    if "LabelMap" not in mat:
+        raise ValueError(
+            f"{path} has no 'LabelMap' variable (found {sorted(k for k in mat if not k.startswith('__'))})"
+        )
+    label_map = np.asarray(mat["LabelMap"])
+    if label_map.ndim != 2 or not np.issubdtype(label_map.dtype, np.number):
+        raise ValueError(
+            f"'LabelMap' in {path} must be a numeric (H, W) array, got {label_map.dtype} {label_map.shape}"
+        )
+    return label_map.astype(np.int64)
+
+
+def _open_image(path: Path, what: str) -> Image.Image:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {what} file {path}")
+    try:
+        image = Image.open(path)
+        image.load()
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError on corrupt files
+        raise ValueError(f"cannot decode {what} {path}: {err}") from err
+    return image
+
+
+def default_cache_dir() -> Path:
+    """``$DENSEMTL_CACHE_DIR``, else ``$XDG_CACHE_HOME/densemtl``, else ``~/.cache/densemtl``."""
+    if os.environ.get("DENSEMTL_CACHE_DIR"):
+        return Path(os.environ["DENSEMTL_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "densemtl"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The reader
+# ----------------------------------------------------------------------------------------------------------
+
+
+@register_dataset("pascal")
+class PascalContext(MultiTaskDataset):
+    """PASCAL-Context multi-task (ASTMT ``PASCAL_MT/``, ATRC/InvPT ``PASCALContext/``).
+
+    10,103 images of PASCAL VOC 2010 trainval (4,998 train / 5,105 val), variable size (about 500x375),
+    with 21-class semseg, 7-class human parts, and distilled saliency and normals; edges come from the
+    459-class PASCAL-Context ``LabelMap``. See the module docstring for the layout and the decoding.
+
+    When ``human_parts`` is the only task, images without annotated person parts are dropped (as the
+    MTI-Net and InvPT loaders do). Which images have parts is read from the ``.mat`` files once and kept
+    in a JSON cache under ``cache_dir`` (never inside ``root``), keyed by the resolved root and the split
+    and revalidated by each file's size and modification time.
+
+    Args:
+        root: dataset folder.
+        split: ``train`` or ``val``.
+        tasks: tasks to load (default: all five).
+        transform: ``Sample -> Sample`` callable applied after ``load``.
+        cache_dir: folder of the parts cache (default :func:`default_cache_dir`); an unwritable folder
+            only costs a warning.
+        use_cache: set False to parse every part file on construction without reading or writing a cache.
+    """
+
+    family: ClassVar[str] = "pascal"
+    available_tasks: ClassVar[tuple[str, ...]] = ("semseg", "human_parts", "sal", "normals", "edge")
+    classes: ClassVar[dict[str, tuple[str, ...]]] = {"semseg": VOC_CLASSES, "human_parts": PART_CLASSES}
+    splits: ClassVar[tuple[str, ...]] = ("train", "val")
+    expected_sizes: ClassVar[dict[str, int]] = {"train": 4998, "val": 5105}
+    task_dirs: ClassVar[dict[str, tuple[str, ...]]] = {
+        "semseg": SEMSEG_DIRS,
+        "human_parts": (PARTS_DIR,),
+        "sal": (SAL_DIR,),
+        "normals": (NORMALS_DIR, LABELMAP_DIR),
+        "edge": (LABELMAP_DIR,),
+    }
+    """Folders each task reads; for ``semseg`` either of the two suffices."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        tasks: Sequence[str] | None = None,
+        transform: Callable[[Sample], Sample] | None = None,
+        cache_dir: str | Path | None = None,
+        use_cache: bool = True,
+    ) -> None:
+        super().__init__(root, split, tasks, transform)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.use_cache = use_cache
+        ids = self._verify()
+        if self.tasks == ("human_parts",):
+            has_parts = self._parts_index(ids)
+            ids = [name for name in ids if has_parts[name]]
+        self.ids: list[str] = ids
+
+    # -- layout ------------------------------------------------------------------------------------------
+
+    def _not_found(self, path: Path, what: str) -> DatasetNotFoundError:
+        return DatasetNotFoundError(
+            f"PascalContext: missing {what} {path} (root={self.root}); {_LAYOUT_HELP}; the archive is "
+            "PASCAL_MT.tgz (ASTMT) or PASCALContext.tar.gz (ATRC)"
+        )
+
+    def _verify(self) -> list[str]:
+        """Check the root, the split file and the requested tasks' folders; return the split's ids."""
+        if not self.root.is_dir():
+            raise self._not_found(self.root, "dataset root")
+        split_file = self.root / SPLIT_DIR / f"{self.split}.txt"
+        if not split_file.is_file():
+            raise self._not_found(split_file, f"split file of {self.split!r}")
+        ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        if not ids:
+            raise ValueError(f"split file {split_file} lists no image ids; expected one id per line")
+        if not (self.root / IMAGE_DIR).is_dir():
+            raise self._not_found(self.root / IMAGE_DIR, "image folder")
+        for task in self.tasks:
+            folders = [self.root / d for d in self.task_dirs[task]]
+            if task == "semseg":
+                if not any(f.is_dir() for f in folders):
+                    raise self._not_found(folders[0], f"folder of task 'semseg' (or {folders[1]})")
+                continue
+            for folder in folders:
+                if not folder.is_dir():
+                    raise self._not_found(folder, f"folder of task {task!r}")
+        return ids
+
+    def _file(self, what: str, name: str) -> Path:
+        """Path of one file: ``what`` is ``image``, ``human_parts``, ``sal``, ``normals`` or ``label_map``."""
+        sub, ext = {
+            "image": (IMAGE_DIR, "jpg"),
+            "human_parts": (PARTS_DIR, "mat"),
+            "sal": (SAL_DIR, "png"),
+            "normals": (NORMALS_DIR, "png"),
+            "label_map": (LABELMAP_DIR, "mat"),
+        }[what]
+        return self.root / sub / f"{name}.{ext}"
+
+    def _semseg_file(self, name: str) -> Path:
+        candidates = [self.root / d / f"{name}.png" for d in SEMSEG_DIRS]
+        for path in candidates:
+            if path.is_file():
+                return path
+        raise FileNotFoundError(f"missing semseg file for {name!r}: neither {candidates[0]} nor {candidates[1]}")
+
+    # -- parts cache -------------------------------------------------------------------------------------
+
+    def _cache_path(self) -> Path:
+        key = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:16]
+        return self.cache_dir / f"pascal-parts-{self.split}-{key}.json"
+
+    def _parts_index(self, ids: Sequence[str]) -> dict[str, bool]:
+        """id -> whether the image has an annotated person part, from the cache or the ``.mat`` files."""
+        cache_path = self._cache_path()
+        cached: dict[str, list] = {}
+        if self.use_cache and cache_path.is_file():
+            try:
+                data = json.loads(cache_path.read_text())
+                if data.get("root") == str(self.root.resolve()):
+                    cached = data.get("entries", {})
+            except (OSError, ValueError, AttributeError):
+                cached = {}
+        entries: dict[str, list] = {}
+        changed = False
+        for name in ids:
+            path = self._file("human_parts", name)
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                raise FileNotFoundError(f"missing human_parts file {path}") from None
+            entry = cached.get(name)
+            if not (isinstance(entry, list) and entry[:2] == [stat.st_mtime_ns, stat.st_size]):
+                objects = read_part_objects(path)
+                has = any(int(o.class_id) == PERSON_CLASS_ID and o.parts for o in objects)
+                entry = [stat.st_mtime_ns, stat.st_size, bool(has)]
+                changed = True
+            entries[name] = entry
+        if self.use_cache and (changed or set(cached) != set(entries)):
+            self._write_cache(cache_path, entries)
+        return {name: bool(e[2]) for name, e in entries.items()}
+
+    def _write_cache(self, path: Path, entries: dict[str, list]) -> None:
+        text = json.dumps({"version": 1, "root": str(self.root.resolve()), "split": self.split, "entries": entries})
+        try:
+            _atomic_write(path, lambda f: f.write(text.encode()))
+        except OSError as err:
+            warnings.warn(f"could not write the PASCAL parts cache {path}: {err}", stacklevel=3)
+
+    # -- loading -----------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, index: int) -> Sample:
+        """Read sample ``index``: uint8 (3, H, W) image, contract targets and ``meta``.
+
+        ``meta`` holds ``name``, ``size`` (H, W), ``dataset`` (``"pascal"``), and ``has_parts`` when
+        ``human_parts`` is loaded.
+        """
+        name = self.ids[index]
+        image = self._load_image(name)
+        size = image.shape[:2]
+        sample: Sample = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
+        meta: dict[str, Any] = {"name": name, "size": tuple(size), "dataset": "pascal"}
+        label_map = None
+        if "normals" in self.tasks or "edge" in self.tasks:
+            label_map = self._checked(
+                read_label_map(self._file("label_map", name)), size, self._file("label_map", name)
+            )
+        for task in self.tasks:
+            if task == "semseg":
+                sample[task] = self._load_semseg(name, size)
+            elif task == "human_parts":
+                sample[task], meta["has_parts"] = self._load_human_parts(name, size)
+            elif task == "sal":
+                sample[task] = self._load_sal(name, size)
+            elif task == "normals":
+                sample[task] = self._load_normals(name, size, label_map)
+            elif task == "edge":
+                sample[task] = torch.from_numpy(edge_from_label_map(label_map))[None]
+        sample["meta"] = meta
+        return sample
+
+    def _checked(self, array: np.ndarray, size: tuple[int, int], path: Path) -> np.ndarray:
+        if tuple(array.shape[:2]) != tuple(size):
+            raise ValueError(
+                f"{path} has shape {tuple(array.shape[:2])} but the image {self._file('image', path.stem)} has "
+                f"shape {tuple(size)}"
+            )
+        return array
+
+    def _load_image(self, name: str) -> np.ndarray:
+        path = self._file("image", name)
+        image = _open_image(path, "image")
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+    def _load_semseg(self, name: str, size: tuple[int, int]) -> torch.Tensor:
+        path = self._semseg_file(name)
+        labels = self._checked(np.asarray(_open_image(path, "semseg")), size, path)
+        if labels.ndim != 2:
+            raise ValueError(f"semseg {path} must be a single-channel label image, got shape {labels.shape}")
+        bad = (labels > len(VOC_CLASSES) - 1) & (labels != IGNORE_INDEX)
+        if bad.any():
+            raise ValueError(
+                f"semseg {path} has values {sorted(np.unique(labels[bad]).tolist())[:10]}; expected class ids "
+                f"0..{len(VOC_CLASSES) - 1} or {IGNORE_INDEX} (ignore)"
+            )
+        return torch.from_numpy(labels.astype(np.int64))
+
+    def _load_human_parts(self, name: str, size: tuple[int, int]) -> tuple[torch.Tensor, bool]:
+        path = self._file("human_parts", name)
+        if not path.is_file():
+            raise FileNotFoundError(f"missing human_parts file {path}")
+        objects = read_part_objects(path)
+        try:
+            labels, has_parts = human_parts_from_objects(objects, size)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+        return torch.from_numpy(labels), has_parts
+
+    def _load_sal(self, name: str, size: tuple[int, int]) -> torch.Tensor:
+        path = self._file("sal", name)
+        image = _open_image(path, "saliency")
+        sal = self._checked(np.asarray(image if image.mode == "L" else image.convert("L")), size, path)
+        binary = (sal.astype(np.float32) / np.float32(255.0)) > 0.5
+        return torch.from_numpy(binary.astype(np.float32))[None]
+
+    def _load_normals(self, name: str, size: tuple[int, int], label_map: np.ndarray) -> torch.Tensor:
+        path = self._file("normals", name)
+        image = _open_image(path, "normals")
+        if image.mode != "RGB":
+            raise ValueError(f"normals {path} must be an RGB png, got mode {image.mode!r}")
+        encoded = self._checked(np.asarray(image), size, path)
+        return torch.from_numpy(normals_from_png(encoded, label_map))
+
+    def plot(self, sample: Sample, preds: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+        """An overview picture of a raw sample (from ``load``) and optional predictions, uint8 (H', W', 3)."""
+        from densemtl.viz import grid
+
+        image = sample["image"]
+        image = image.permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        targets = {t: sample[t] for t in self.tasks if t in sample}
+        return grid(image.astype(np.uint8), targets, preds)
