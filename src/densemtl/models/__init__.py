@@ -3,3 +3,4 @@
 from densemtl.models.base import MODELS, MultiTaskModel, MultiTaskOutput, register_model
 
 __all__ = ["MODELS", "MultiTaskModel", "MultiTaskOutput", "register_model"]
+from densemtl.models import baselines as baselines  # noqa: E402,F401  (registers "stl", "hps")
