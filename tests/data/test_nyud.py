@@ -18,7 +18,9 @@ from densemtl.data.nyud import (
     NYUD,
     NYUDMT,
     NYUv2_13,
+    detect_nyud_variant,
     encode_normals_png,
+    verify_dataset,
     write_nyud_mt_sample,
     write_nyud_sample,
     write_nyuv2_13_sample,
@@ -481,3 +483,38 @@ def test_writer_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"depth contains NaN"):
         write_nyud_sample(tmp_path, "a", img, depth=np.full((H, W), np.nan))
     assert not (tmp_path / "images").exists()  # nothing written when an argument is bad
+
+
+# ---------------------------------------------------------------------------------- verification
+
+
+def test_detect_and_verify_each_variant(tmp_path: Path) -> None:
+    img = np.zeros((6, 8, 3), np.uint8)
+    seg = np.zeros((6, 8), np.int64)
+    zeros = np.zeros((6, 8))
+    for split, names in (("train", ["a", "b"]), ("val", ["c"])):
+        for n in names:
+            write_nyud_sample(tmp_path / "atrc", n, img, seg, zeros, np.zeros((6, 8, 3)), zeros)
+            write_nyud_mt_sample(tmp_path / "mti", n, img, seg, zeros, np.zeros((6, 8, 3)), zeros)
+        write_split(tmp_path / "atrc", split, names)
+        write_split(tmp_path / "mti", split, names)
+        for i in range(len(names)):
+            write_nyuv2_13_sample(tmp_path / "mtan", split, i, img, seg, zeros, np.zeros((6, 8, 3)))
+    assert detect_nyud_variant(tmp_path / "atrc") == "nyud"
+    assert detect_nyud_variant(tmp_path / "mti") == "nyud-mt"
+    assert detect_nyud_variant(tmp_path / "mtan") == "nyuv2-13"
+    assert detect_nyud_variant(tmp_path) is None
+
+    report = verify_dataset(tmp_path / "atrc")
+    assert "variant 'nyud'" in report and "train: 2 samples  ! expected 795" in report
+    assert "val: 1 samples  ! expected 654" in report
+    assert "image size 6x8 differs from the released 425x560" in report
+    assert "8-bit PNG" in report
+    assert "InvPT issue #22" in verify_dataset(tmp_path / "mti")
+    assert "NOT comparable with the 40-class" in verify_dataset(tmp_path / "mtan")
+
+    (tmp_path / "atrc" / "edge" / "c.png").unlink()
+    report = verify_dataset(tmp_path / "atrc")
+    assert "! split 'val':" in report and "edge/c.png" in report
+    with pytest.raises(DatasetNotFoundError, match=r"holds no NYUD-v2 variant"):
+        verify_dataset(tmp_path)

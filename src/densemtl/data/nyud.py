@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from densemtl.data.base import DatasetNotFoundError, MultiTaskDataset, Sample, register_dataset
+from densemtl.data.base import DATASETS, DatasetNotFoundError, MultiTaskDataset, Sample, register_dataset
 from densemtl.tasks import IGNORE_INDEX
 
 __all__ = [
@@ -43,10 +43,12 @@ __all__ = [
     "NYUDMT",
     "NYUv2_13",
     "atomic_write",
+    "detect_nyud_variant",
     "encode_normals_png",
     "write_nyud_mt_sample",
     "write_nyud_sample",
     "write_nyuv2_13_sample",
+    "verify_dataset",
     "write_split",
 ]
 
@@ -689,3 +691,107 @@ def write_nyuv2_13_sample(
         _save_npy(base / "depth" / f"{index}.npy", depth_arr)
     if normals_arr is not None:
         _save_npy(base / "normal" / f"{index}.npy", normals_arr)
+
+
+# ------------------------------------------------------------------------------ variant detection
+
+_VARIANT_FACTS: dict[str, dict[str, object]] = {
+    "nyud": {
+        "size": (425, 560),
+        "lineage": "ATRC / InvPT / TaskPrompter / MLoRE / CTAL transformer (spec/protocols.md §2.1)",
+        "consequences": (
+            "40-class semseg, depth (m), normals, edge; the lineage trains and tests at 448x576 with a "
+            "pad-only test transform (§3.1)",
+            "normals are 8-bit PNG: no pixel decodes to the zero vector, so every normal pixel counts as valid",
+            "edge odsF needs the 654 val ids exported as PNG and MATLAB SEISM (§4.5)",
+        ),
+    },
+    "nyud-mt": {
+        "size": (480, 640),
+        "lineage": "MTI-Net / MT-CP (spec/protocols.md §2.2)",
+        "consequences": (
+            "40-class semseg, depth (m), normals (zero vector = invalid), edge; trained and tested at 480x640",
+            "frames are larger than InvPT's 448x576: its pad-only test transform cannot batch them (InvPT "
+            "issue #22); use the resize-based MTI-Net transforms with this variant",
+        ),
+    },
+    "nyuv2-13": {
+        "size": (288, 384),
+        "lineage": "mtan / Auto-lambda / CTAL CNN (spec/protocols.md §2.3)",
+        "consequences": (
+            "13-class semseg, depth, normals; no edge task",
+            "numbers on this variant are NOT comparable with the 40-class NYUD-v2 tables",
+            "mtan and Auto-lambda average depth/normal metrics per batch; densemtl pools unless pooling='batch' (§4.2)",
+        ),
+    },
+}
+_EXPECTED_COUNTS = {"train": NYUD_TRAIN_SIZE, "val": NYUD_TEST_SIZE}
+
+
+def detect_nyud_variant(root: str | Path) -> str | None:
+    """The registry name of the NYUD variant stored in ``root`` (``nyud``, ``nyud-mt``, ``nyuv2-13``) or None.
+
+    Decided by file types (§2.7): ``gt_sets/`` with ``images/*.png`` is ``nyud``, with ``images/*.jpg``
+    ``nyud-mt``; ``{train,val}/image/*.npy`` is ``nyuv2-13``.
+    """
+    root = Path(root)
+    images = root / "images"
+    if (root / "gt_sets").is_dir() and images.is_dir():
+        for suffix, variant in ((".png", "nyud"), (".jpg", "nyud-mt")):
+            if next(images.glob(f"*{suffix}"), None) is not None:
+                return variant
+        return None
+    if any(next((root / s / "image").glob("*.npy"), None) is not None for s in ("train", "val")):
+        return "nyuv2-13"
+    return None
+
+
+def verify_dataset(root: str | Path) -> str:
+    """Check a NYUD-v2 folder and report its variant, counts and protocol consequences (spec §2.7).
+
+    Finds the variant from file types and the image size (425x560 png: ATRC; 480x640 jpg: MTI-Net;
+    288x384 npy: mtan), opens every split with the variant's reader (which checks that every file of every
+    task exists), decodes the first sample, and compares the split sizes with 795 / 654.
+
+    Args:
+        root: the dataset folder.
+
+    Returns:
+        A short multi-line report; lines starting with ``!`` are problems.
+
+    Raises:
+        DatasetNotFoundError: ``root`` holds none of the NYUD variants.
+    """
+    root = Path(root)
+    variant = detect_nyud_variant(root)
+    if variant is None:
+        raise DatasetNotFoundError(
+            f"root={root} holds no NYUD-v2 variant: expected gt_sets/ + images/*.png (nyud, ATRC), "
+            f"gt_sets/ + images/*.jpg (nyud-mt, MTI-Net) or {{train,val}}/image/*.npy (nyuv2-13, mtan)"
+        )
+    cls = DATASETS.get(variant)
+    facts = _VARIANT_FACTS[variant]
+    lines = [f"{root}: NYUD-v2 variant {variant!r}, {facts['lineage']}"]
+    problems: list[str] = []
+    for split, expected in _EXPECTED_COUNTS.items():
+        try:
+            ds = cls(root, split)
+            sample = ds.load(0)
+        except (FileNotFoundError, ValueError) as err:
+            problems.append(f"! split {split!r}: {str(err).splitlines()[0]}")
+            continue
+        size = sample["meta"]["size"]
+        note = "" if len(ds) == expected else f"  ! expected {expected}"
+        lines.append(f"  {split}: {len(ds)} samples{note}; image size {size[0]}x{size[1]}")
+        if len(ds) != expected:
+            problems.append(f"! split {split!r} has {len(ds)} samples, the standard split has {expected}")
+        if size != facts["size"]:
+            want = facts["size"]
+            problems.append(
+                f"! image size {size[0]}x{size[1]} differs from the released {want[0]}x{want[1]} of this variant "
+                "(e.g. a local conversion): numbers are not directly comparable with the published tables"
+            )
+    lines.append("  val is the official 654-image test split; every lineage selects models on it (§2.5)")
+    lines += [f"  - {c}" for c in facts["consequences"]]
+    lines += [f"  {p}" for p in dict.fromkeys(problems)]
+    return "\n".join(lines)
