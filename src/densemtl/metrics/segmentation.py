@@ -1,0 +1,136 @@
+"""Semantic segmentation and human parts: pooled confusion matrix -> mIoU, per-class IoU, pixel accuracy.
+
+``spec/protocols.md`` §4.1. The prediction is the argmax over channels; a pixel counts when its GT is not
+the ignore value, so false positives are counted only on valid GT pixels. IoU_c = TP_c / max(TP_c + FP_c +
+FN_c, 1e-8) and mIoU is the mean over **all** classes (``absent="zero"``: a class absent from both GT and
+prediction contributes 0; MTI-Net, InvPT lineage) or over the classes that occur (``absent="skip"``:
+nanmean; CTAL CNN, mtan presets).
+
+Human parts: images without part annotations have an all-ignore target (``spec/protocols.md`` §2.4), so
+they contribute nothing to the confusion matrix; this "skip images without parts" rule needs no option.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from densemtl.tasks import IGNORE_INDEX
+
+__all__ = ["SegmentationMetrics", "confusion_matrix", "scores_from_confusion"]
+
+
+def _labels(pred: Tensor, num_classes: int) -> Tensor:
+    """Logits (B, K, H, W) -> argmax labels (B, H, W); label maps pass through as int64."""
+    if pred.is_floating_point():
+        if pred.dim() != 4 or pred.shape[1] != num_classes:
+            raise ValueError(
+                f"segmentation logits must be (B, {num_classes}, H, W), got {tuple(pred.shape)}; "
+                "pass integer label maps (B, H, W) instead of probabilities of another class count"
+            )
+        return pred.argmax(dim=1)
+    if pred.dim() == 4 and pred.shape[1] == 1:
+        pred = pred[:, 0]
+    return pred.long()
+
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Confusion matrix of one batch over valid GT pixels.
+
+    Args:
+        pred: logits (B, K, H, W) or int labels (B, H, W).
+        target: int labels (B, H, W) or (B, 1, H, W), ``ignore_index`` = ignore.
+        num_classes: K.
+        ignore_index: GT value excluded.
+
+    Returns:
+        int64 (K, K), rows = GT class, columns = predicted class.
+    """
+    labels = _labels(pred, num_classes)
+    if target.dim() == 4 and target.shape[1] == 1:
+        target = target[:, 0]
+    if labels.shape != target.shape:
+        raise ValueError(f"prediction {tuple(labels.shape)} and target {tuple(target.shape)} differ in shape")
+    target = target.long()
+    valid = target != ignore_index
+    k = num_classes
+    # one host sync for the range check: (min, max) of the valid GT and predicted labels
+    lo_hi = torch.stack(
+        [
+            torch.where(valid, target, k).min(),
+            torch.where(valid, target, -1).max(),
+            torch.where(valid, labels, k).min(),
+            torch.where(valid, labels, -1).max(),
+        ]
+    ).tolist()
+    if lo_hi[0] < 0 or lo_hi[1] >= k:
+        raise ValueError(
+            f"target holds labels outside 0..{k - 1} other than the ignore value {ignore_index}: "
+            f"range {lo_hi[0]}..{lo_hi[1]}"
+        )
+    if lo_hi[2] < 0 or lo_hi[3] >= k:
+        raise ValueError(f"predicted labels must lie in 0..{k - 1}, got {lo_hi[2]}..{lo_hi[3]}")
+    index = torch.where(valid, target * k + labels, k * k)  # invalid pixels go to an extra, dropped bin
+    return torch.bincount(index.flatten(), minlength=k * k + 1)[: k * k].reshape(k, k)
+
+
+def scores_from_confusion(confmat: Tensor, absent: str = "zero") -> dict[str, Tensor]:
+    """mIoU, per-class IoU and pixel accuracy (all in percent) from a (K, K) confusion matrix.
+
+    Args:
+        confmat: (K, K) counts, rows = GT.
+        absent: ``"zero"`` or ``"skip"`` (see the module docstring).
+
+    Returns:
+        ``miou`` and ``pixel_acc`` (0-d float64), ``iou_per_class`` (K,) float64 (NaN for absent classes
+        under ``"skip"``). pixel_acc is NaN when no pixel was valid.
+    """
+    cm = confmat.double()
+    tp = cm.diagonal()
+    union = cm.sum(0) + cm.sum(1) - tp
+    if absent == "zero":
+        iou = tp / union.clamp_min(1e-8)
+        miou = iou.mean()
+    elif absent == "skip":
+        iou = torch.where(union > 0, tp / union.clamp_min(1e-8), torch.full_like(tp, float("nan")))
+        miou = iou.nanmean()
+    else:
+        raise ValueError(f"absent must be 'zero' or 'skip', got {absent!r}")
+    total = cm.sum()
+    pixel_acc = tp.sum() / total if total > 0 else torch.tensor(float("nan"), dtype=cm.dtype)
+    return {"miou": 100 * miou, "pixel_acc": 100 * pixel_acc, "iou_per_class": 100 * iou}
+
+
+class SegmentationMetrics(Metric):
+    """Pooled confusion matrix over the whole evaluation set; DDP-exact (the matrix is all-reduced by sum).
+
+    Args:
+        num_classes: K (40 NYUD, 13 NYUv2-13, 21 PASCAL, 7 parts).
+        ignore_index: GT value excluded (255 in the sample contract).
+        absent: ``"zero"`` (default) or ``"skip"``.
+
+    ``update(preds, target)``: logits (B, K, H, W) or labels (B, H, W); target int (B, H, W).
+    ``compute()``: ``{"miou", "pixel_acc", "iou_per_class"}`` in percent. State: K² int64, constant.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, absent: str = "zero", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        if absent not in ("zero", "skip"):
+            raise ValueError(f"absent must be 'zero' or 'skip', got {absent!r}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.absent = absent
+        self.add_state("confmat", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        self.confmat += confusion_matrix(preds, target, self.num_classes, self.ignore_index)
+
+    def compute(self) -> dict[str, Tensor]:
+        return scores_from_confusion(self.confmat, self.absent)
