@@ -69,6 +69,7 @@ __all__ = [
     "normals_from_png",
     "read_label_map",
     "read_part_objects",
+    "saliency_from_png",
     "write_label_map",
     "write_normals",
     "write_part_annotation",
@@ -368,6 +369,19 @@ def human_parts_from_objects(objects: Iterable[PascalObject], size: tuple[int, i
     if not has_parts:
         labels.fill(IGNORE_INDEX)
     return labels, has_parts
+
+
+def saliency_from_png(grey: np.ndarray) -> np.ndarray:
+    """Binarise distilled saliency: ``grey / 255 > 0.5``.
+
+    Args:
+        grey: (H, W) grey values in 0..255 (any numeric dtype).
+
+    Returns:
+        float32 (1, H, W) in {0, 1}; exactly 0.5 (127.5 / 255) maps to 0.
+    """
+    grey = _check_2d("saliency", grey)
+    return ((grey.astype(np.float64) / 255.0) > 0.5).astype(np.float32)[None]
 
 
 def normals_from_png(encoded: np.ndarray, label_map: np.ndarray) -> np.ndarray:
@@ -715,8 +729,7 @@ class PascalContext(MultiTaskDataset):
         path = self._file("sal", name)
         image = _open_image(path, "saliency")
         sal = self._checked(np.asarray(image if image.mode == "L" else image.convert("L")), size, path)
-        binary = (sal.astype(np.float32) / np.float32(255.0)) > 0.5
-        return torch.from_numpy(binary.astype(np.float32))[None]
+        return torch.from_numpy(saliency_from_png(sal))
 
     def _load_normals(self, name: str, size: tuple[int, int], label_map: np.ndarray) -> torch.Tensor:
         path = self._file("normals", name)
