@@ -518,3 +518,10 @@ def test_detect_and_verify_each_variant(tmp_path: Path) -> None:
     assert "! split 'val':" in report and "edge/c.png" in report
     with pytest.raises(DatasetNotFoundError, match=r"holds no NYUD-v2 variant"):
         verify_dataset(tmp_path)
+
+
+def test_plot_returns_an_rgb_picture(nyud_root: Path) -> None:
+    ds = NYUD(nyud_root)
+    picture = ds.plot(ds.load(0))
+    assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
+    assert picture.shape[1] >= 5 * W  # image + four task panels side by side

@@ -35,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 
 from densemtl.data.base import DATASETS, DatasetNotFoundError, MultiTaskDataset, Sample, register_dataset
 from densemtl.tasks import IGNORE_INDEX
+from densemtl.viz import grid
 
 __all__ = [
     "NYU13_CLASSES",
@@ -275,8 +276,6 @@ class _NYUDBase(MultiTaskDataset):
 
     def plot(self, sample: Sample, preds: dict[str, torch.Tensor] | None = None) -> np.ndarray:
         """An overview picture of a raw sample (from ``load``) and optional predictions, uint8 (H', W', 3)."""
-        from densemtl.viz import grid
-
         image = sample["image"]
         image = image.permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
         targets = {t: sample[t] for t in self.tasks if t in sample}
