@@ -1,0 +1,142 @@
+"""Results writer: a metrics JSON and a Markdown table per evaluation run (``DESIGN.md`` §3).
+
+Both files are written atomically (a temporary file in the same folder, then a rename), so a crash never
+leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from densemtl import __version__
+from densemtl.metrics.delta_m import DeltaMResult, metric_direction
+
+__all__ = ["format_markdown", "write_results"]
+
+ARROWS = {True: "↑", False: "↓", None: ""}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    """Tensors, numpy scalars and dataclasses to plain JSON values; NaN/inf to None."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # torch / numpy
+        return _jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _fmt(value: Any) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{v:.4f}" if math.isfinite(v) else "n/a"
+
+
+def format_markdown(
+    metrics: Mapping[str, Mapping[str, Any]],
+    title: str = "test",
+    delta_m: DeltaMResult | float | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """A Markdown report: one row per task listing its scalar metrics with ↑/↓, then Δm.
+
+    Args:
+        metrics: task -> metric -> value.
+        title: heading.
+        delta_m: a :class:`DeltaMResult` or a value in percent.
+        extra: metadata shown as a bullet list.
+    """
+    lines = [f"# Results: {title}", ""]
+    for key, value in (extra or {}).items():
+        lines.append(f"- {key}: {value}")
+    if extra:
+        lines.append("")
+    lines += ["| task | metrics (↑ higher is better, ↓ lower is better) |", "|---|---|"]
+    for task, values in metrics.items():
+        cells = []
+        for name, value in values.items():
+            if isinstance(value, (list, tuple)):
+                continue
+            arrow = ARROWS[metric_direction(task, name)]
+            cells.append(f"{name} {arrow} {_fmt(value)}".replace("  ", " "))
+        lines.append(f"| {task} | {' · '.join(cells)} |")
+    lines.append("")
+    if isinstance(delta_m, DeltaMResult):
+        if delta_m.value is not None:
+            lines.append(f"**Δm ↑ = {delta_m.value:+.2f} %** ({delta_m.variant}; reference `{delta_m.reference}`)")
+            if delta_m.source:
+                lines.append(f"  source: {delta_m.source}")
+            lines += [f"  note: {n}" for n in delta_m.notes]
+        else:
+            lines.append(f"Δm: not computed ({delta_m.reason})")
+        lines.append("")
+    elif delta_m is not None:
+        lines += [f"**Δm ↑ = {float(delta_m):+.2f} %**", ""]
+    return "\n".join(lines)
+
+
+def write_results(
+    metrics: Mapping[str, Mapping[str, Any]],
+    out_dir: str | Path,
+    name: str = "test",
+    extra: Mapping[str, Any] | None = None,
+    delta_m: DeltaMResult | float | None = None,
+) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<name>_metrics.json`` and ``<out_dir>/<name>_metrics.md``.
+
+    Args:
+        metrics: task -> metric -> value (``MultiTaskMetrics.compute()``).
+        out_dir: folder, created if needed.
+        name: split or run name, used in the file names and the heading.
+        extra: metadata (protocol, model, epoch, ...) stored in the JSON under ``meta`` and listed in the
+            Markdown.
+        delta_m: Δm result or value, stored under ``delta_m``.
+
+    Returns:
+        (json_path, md_path).
+    """
+    if not name or any(c in name for c in "/\\"):
+        raise ValueError(f"results name must be a non-empty file-name stem, got {name!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "name": name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "densemtl_version": __version__,
+        "meta": _jsonable(dict(extra or {})),
+        "metrics": _jsonable(metrics),
+        "directions": {t: {m: metric_direction(t, m) for m in ms} for t, ms in metrics.items()},
+        "delta_m": _jsonable(delta_m),
+    }
+    json_path = out / f"{name}_metrics.json"
+    md_path = out / f"{name}_metrics.md"
+    _atomic_write(json_path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    _atomic_write(md_path, format_markdown(metrics, name, delta_m, extra))
+    return json_path, md_path
