@@ -517,7 +517,11 @@ class PascalContext(MultiTaskDataset):
     When ``human_parts`` is the only task, images without annotated person parts are dropped (as the
     MTI-Net and InvPT loaders do). Which images have parts is read from the ``.mat`` files once and kept
     in a JSON cache under ``cache_dir`` (never inside ``root``), keyed by the resolved root and the split
-    and revalidated by each file's size and modification time.
+    and revalidated by each file's size and modification time. (Parsing one part file costs about
+    15-45 ms on a slow CPU, i.e. a few minutes for the 5,105 val ids on first use; a warm cache costs
+    about 10 us per id.) The filter keeps images with at least one annotated person part; the reference
+    loaders keep images whose object list contains a person, which also keeps persons without parts,
+    whose maps are all-255 and contribute nothing.
 
     Args:
         root: dataset folder.
