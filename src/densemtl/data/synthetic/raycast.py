@@ -1,0 +1,148 @@
+"""Closest-hit and shadow queries over many primitives, with bounding-cone culling.
+
+A ray from a common origin can only hit a primitive whose bounding sphere (centre c, radius r) it passes
+within, i.e. whose direction lies in the cone of half-angle asin(r / |c - origin|) around c - origin.
+Rays are bucketed once by direction (azimuth x elevation cells, one sort); each primitive then gathers
+the rays of the cells its cone overlaps (contiguous slices of the sorted order), keeps those inside the
+cone, and is intersected with those only. Camera rays share the camera centre; shadow rays are cast
+*from* each point light towards the shaded points, so they share the light position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from densemtl.data.synthetic.geometry import Shape
+
+__all__ = ["DirectionIndex", "closest_hit", "occluded"]
+
+
+class DirectionIndex:
+    """Rays from one origin, bucketed by direction for cone queries.
+
+    Args:
+        origin: (3,) common ray origin.
+        dirs: (N, 3) ray directions (any length).
+        n_el: elevation cells over [-90, 90] degrees.
+        n_az: azimuth cells over [-180, 180] degrees.
+    """
+
+    def __init__(self, origin: np.ndarray, dirs: np.ndarray, n_el: int = 48, n_az: int = 96) -> None:
+        self.origin = np.asarray(origin, dtype=np.float64)
+        norm = np.sqrt(np.einsum("ij,ij->i", dirs, dirs))
+        self.unit = dirs / np.maximum(norm, 1e-12)[:, None]
+        self.n_el, self.n_az = n_el, n_az
+        az = np.arctan2(self.unit[:, 1], self.unit[:, 0])
+        el = np.arcsin(np.clip(self.unit[:, 2], -1.0, 1.0))
+        az_bin = np.minimum(((az + np.pi) / (2 * np.pi) * n_az).astype(np.int64), n_az - 1)
+        el_bin = np.minimum(((el + np.pi / 2) / np.pi * n_el).astype(np.int64), n_el - 1)
+        cell = el_bin * n_az + az_bin
+        self.order = np.argsort(cell, kind="stable")
+        self.starts = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=n_el * n_az))])
+
+    def query(self, center: np.ndarray, radius: float) -> np.ndarray:
+        """Sorted indices of the rays that pass within ``radius`` of ``center`` (conservative)."""
+        rel = np.asarray(center, dtype=np.float64) - self.origin
+        dist = float(np.sqrt(rel @ rel))
+        radius = radius * 1.001 + 1e-4
+        if dist <= radius:
+            return np.arange(len(self.unit))
+        axis = rel / dist
+        half = float(np.arcsin(radius / dist))
+        el = float(np.arcsin(np.clip(axis[2], -1.0, 1.0)))
+        el_lo, el_hi = el - half, el + half
+        rows = range(
+            max(0, int((el_lo + np.pi / 2) / np.pi * self.n_el)),
+            min(self.n_el - 1, int((el_hi + np.pi / 2) / np.pi * self.n_el)) + 1,
+        )
+        cos_el = min(np.cos(el_lo), np.cos(el_hi)) if el_lo > -np.pi / 2 and el_hi < np.pi / 2 else 0.0
+        if cos_el <= np.sin(half) + 1e-9:
+            spans = [(0, self.n_az - 1)]
+        else:
+            daz = float(np.arcsin(min(1.0, np.sin(half) / cos_el)))
+            az = float(np.arctan2(axis[1], axis[0]))
+            lo = int(np.floor((az - daz + np.pi) / (2 * np.pi) * self.n_az))
+            hi = int(np.floor((az + daz + np.pi) / (2 * np.pi) * self.n_az))
+            if hi - lo >= self.n_az - 1:
+                spans = [(0, self.n_az - 1)]
+            elif lo < 0:
+                spans = [(0, hi), (lo + self.n_az, self.n_az - 1)]
+            elif hi >= self.n_az:
+                spans = [(lo, self.n_az - 1), (0, hi - self.n_az)]
+            else:
+                spans = [(lo, hi)]
+        pieces = [
+            self.order[self.starts[r * self.n_az + a0] : self.starts[r * self.n_az + a1 + 1]]
+            for r in rows
+            for a0, a1 in spans
+        ]
+        cand = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+        if cand.size == 0:
+            return cand
+        u = self.unit[cand]
+        cos = u[:, 0] * axis[0] + u[:, 1] * axis[1] + u[:, 2] * axis[2]
+        return cand[cos >= np.cos(half) - 1e-6]
+
+
+def closest_hit(
+    shapes: Sequence[Shape],
+    origin: np.ndarray,
+    dirs: np.ndarray,
+    t: np.ndarray,
+    index: np.ndarray,
+    normals: np.ndarray,
+) -> None:
+    """Update a z-buffer in place with the nearest hits of ``shapes``.
+
+    Args:
+        shapes: primitives; a hit on ``shapes[k]`` stores ``k`` in ``index``.
+        origin: (3,) ray origin.
+        dirs: (N, 3) ray directions (``t`` is in their units).
+        t: (N,) current nearest hit parameters (e.g. of the room shell); updated.
+        index: (N,) int current hit primitive (-1: none/room); updated.
+        normals: (N, 3) current world normals; updated.
+    """
+    if not shapes:
+        return
+    bins = DirectionIndex(origin, dirs)
+    for k, shape in enumerate(shapes):
+        rays = bins.query(shape.center, shape.bound_radius)
+        if rays.size == 0:
+            continue
+        tk, nk = shape.intersect(origin, dirs[rays])
+        better = tk < t[rays]
+        sel = rays[better]
+        t[sel] = tk[better]
+        index[sel] = k
+        normals[sel] = nk[better]
+
+
+def occluded(shapes: Sequence[Shape], light: np.ndarray, points: np.ndarray, tolerance: float = 1e-4) -> np.ndarray:
+    """Which points are hidden from a point light by any shape.
+
+    Rays run from the light to each point (``t`` in (0, 1)); a hit with ``t < 1 - tolerance`` shadows it.
+
+    Args:
+        shapes: occluders.
+        light: (3,) light position in world metres.
+        points: (N, 3) shaded points.
+        tolerance: relative distance before the point within which hits are ignored (the surface itself).
+
+    Returns:
+        bool (N,): True where the point is in shadow.
+    """
+    dirs = points - light
+    shadow = np.zeros(len(points), dtype=bool)
+    if not shapes or not len(points):
+        return shadow
+    bins = DirectionIndex(light, dirs)
+    for shape in shapes:
+        rays = bins.query(shape.center, shape.bound_radius)
+        rays = rays[~shadow[rays]]
+        if rays.size == 0:
+            continue
+        tk, _ = shape.intersect(light, dirs[rays])
+        shadow[rays[tk < 1.0 - tolerance]] = True
+    return shadow
