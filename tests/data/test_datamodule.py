@@ -1,0 +1,187 @@
+"""MultiTaskDataModule: contract of the batches, facts before setup, errors, synthetic generation, seeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from densemtl.data import datamodule as dm_module
+from densemtl.data.datamodule import MultiTaskDataModule, collate
+from densemtl.data.nyud import write_nyud_sample, write_split
+
+H, W = 20, 28
+
+
+def write_tiny_nyud(root: Path, n_train: int = 5, n_val: int = 3, seed: int = 0) -> Path:
+    """A tiny ``nyud`` (ATRC layout) dataset: smooth image, piecewise labels, depth 0.5-10 m."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:H, 0:W]
+    names = {"train": [f"t{i}" for i in range(n_train)], "val": [f"v{i}" for i in range(n_val)]}
+    for split, ids in names.items():
+        for name in ids:
+            image = np.stack([x * 8, y * 10, (x + y) * 4], -1).astype(np.uint8) + rng.integers(0, 5, (H, W, 3)).astype(
+                np.uint8
+            )
+            semseg = (x // 7 + 4 * (y // 10)) % 40
+            semseg[0] = 255
+            depth = (0.5 + 9.5 * y / H).astype(np.float32)
+            n = np.stack([np.zeros((H, W)), -0.6 * np.ones((H, W)), 0.8 * np.ones((H, W))], -1)
+            edge = (x % 7 == 0).astype(np.uint8)
+            write_nyud_sample(root, name, image, semseg, depth, n, edge)
+        write_split(root, split, ids)
+    return root
+
+
+@pytest.fixture(scope="module")
+def nyud_root(tmp_path_factory) -> Path:
+    return write_tiny_nyud(tmp_path_factory.mktemp("nyud"))
+
+
+def test_facts_available_before_setup(tmp_path):
+    dm = MultiTaskDataModule(
+        "nyud", root=str(tmp_path / "absent"), tasks=["semseg", "depth"], preset="invpt", train_size=(24, 32)
+    )
+    assert dm.tasks == ("semseg", "depth")
+    assert dm.num_classes == {"semseg": 40}
+    assert dm.task_channels == {"semseg": 40, "depth": 1}
+    assert dm.family == "nyud"
+    assert len(dm.class_names["semseg"]) == 40
+    all_tasks = MultiTaskDataModule("nyud", root=str(tmp_path))
+    assert all_tasks.tasks == ("semseg", "depth", "normals", "edge")
+
+
+def test_errors_name_the_valid_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown dataset 'nope'; available: .*'nyud'"):
+        MultiTaskDataModule("nope", root=str(tmp_path))
+    with pytest.raises(ValueError, match=r"unknown transform preset 'nope'; available: .*'invpt'"):
+        MultiTaskDataModule("nyud", root=str(tmp_path), preset="nope")
+    with pytest.raises(
+        ValueError, match=r"does not provide task\(s\) \['sal'\]; it has \['semseg', 'depth', 'normals', 'edge'\]"
+    ):
+        MultiTaskDataModule("nyud", root=str(tmp_path), tasks=["semseg", "sal"])
+    with pytest.raises(ValueError, match="unknown task"):
+        MultiTaskDataModule("nyud", root=str(tmp_path), tasks=["semseg", "segm"])
+    with pytest.raises(ValueError, match="unknown normalization"):
+        MultiTaskDataModule("nyud", root=str(tmp_path), normalization="nope")
+    with pytest.raises(ValueError, match="no default size"):
+        MultiTaskDataModule("nyuv2-13", root=str(tmp_path), preset="invpt")
+    with pytest.raises(ValueError, match="only for synthetic"):
+        MultiTaskDataModule("nyud", root=str(tmp_path), generate={"n": 3})
+
+
+def test_loaders_yield_the_contract(nyud_root):
+    dm = MultiTaskDataModule(
+        "nyud", root=str(nyud_root), preset="invpt", train_size=(24, 32), batch_size=2, eval_batch_size=3, seed=0
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2  # 5 samples, batch 2, last incomplete batch dropped
+    batch = batches[0]
+    assert batch["image"].shape == (2, 3, 24, 32) and batch["image"].dtype == torch.float32
+    assert batch["semseg"].shape == (2, 24, 32) and batch["semseg"].dtype == torch.int64
+    assert batch["depth"].shape == (2, 1, 24, 32) and batch["depth"].dtype == torch.float32
+    assert batch["normals"].shape == (2, 3, 24, 32) and batch["edge"].shape == (2, 1, 24, 32)
+    assert isinstance(batch["meta"], list) and len(batch["meta"]) == 2
+    assert {m["size"] for m in batch["meta"]} == {(H, W)} and all("valid_box" in m for m in batch["meta"])
+    assert set(torch.unique(batch["semseg"]).tolist()) <= set(range(40)) | {255}
+    val = list(dm.val_dataloader())
+    assert [len(b["meta"]) for b in val] == [3]
+    top, left, h, w = val[0]["meta"][0]["valid_box"]
+    assert (h, w) == (H, W) and (top, left) == ((24 - H) // 2, (32 - W) // 2)  # pad-only evaluation
+    assert torch.all(val[0]["semseg"][:, :top] == 255)
+    test = list(dm.test_dataloader())  # test split defaults to val
+    assert [m["name"] for m in test[0]["meta"]] == ["v0", "v1", "v2"]
+
+
+def test_train_loader_reproducible_with_seed(nyud_root):
+    def first_batch(seed):
+        dm = MultiTaskDataModule(
+            "nyud", root=str(nyud_root), tasks=["semseg"], preset="invpt", train_size=(24, 32), batch_size=2, seed=seed
+        )
+        return next(iter(dm.train_dataloader()))
+
+    a, b, c = first_batch(1), first_batch(1), first_batch(2)
+    assert torch.equal(a["image"], b["image"]) and [m["name"] for m in a["meta"]] == [m["name"] for m in b["meta"]]
+    assert not torch.equal(a["image"], c["image"])
+
+
+def test_worker_loader_matches_contract_and_seeds(nyud_root):
+    kw = {"tasks": ["semseg", "normals"], "preset": "invpt", "train_size": (24, 32), "batch_size": 2, "num_workers": 1}
+    dm = MultiTaskDataModule("nyud", root=str(nyud_root), seed=3, **kw)
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers and loader.worker_init_fn is not None
+    a = next(iter(loader))
+    b = next(iter(MultiTaskDataModule("nyud", root=str(nyud_root), seed=3, **kw).train_dataloader()))
+    assert a["image"].shape == (2, 3, 24, 32) and torch.equal(a["image"], b["image"])
+
+
+def test_collate_errors_on_different_sizes():
+    s1 = {"image": torch.zeros(3, 4, 5), "meta": {"name": "a"}}
+    s2 = {"image": torch.zeros(3, 4, 6), "meta": {"name": "b"}}
+    with pytest.raises(ValueError, match=r"cannot batch 'image': samples \['a', 'b'\]"):
+        collate([s1, s2])
+    out = collate([s1, s1])
+    assert out["image"].shape == (2, 3, 4, 5) and out["meta"] == [{"name": "a"}, {"name": "a"}]
+    with pytest.raises(ValueError, match="different keys"):
+        collate([s1, {"image": torch.zeros(3, 4, 5)}])
+
+
+def test_predict_dir(tmp_path, nyud_root):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.full((10, 12, 3), 128, np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.full((10, 12, 3), 255, np.uint8)).save(folder / "b.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    dm = MultiTaskDataModule(
+        "nyud", root=str(nyud_root), preset="none", predict_dir=str(folder), normalization="unit", batch_size=2
+    )
+    batch = next(iter(dm.predict_dataloader()))
+    assert [m["name"] for m in batch["meta"]] == ["a", "b"] and batch["image"].shape == (2, 3, 10, 12)
+    assert torch.allclose(batch["image"][0], torch.full((3, 10, 12), 128 / 255))
+    bad = MultiTaskDataModule("nyud", root=str(nyud_root), predict_dir=str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="missing"):
+        bad.setup("predict")
+
+
+@dataclass
+class FakeSynthetic:
+    """Stands in for an entry of ``densemtl.data.synthetic.SYNTHETIC_DATASETS``."""
+
+    reader: str = "nyud"
+    calls: list = field(default_factory=list)
+
+    def ensure(self, root: Path, **kwargs) -> Path:
+        self.calls.append(kwargs)
+        folder = Path(root) / "synth-nyud"
+        if not folder.exists():
+            write_tiny_nyud(folder, n_train=kwargs.get("n_train", 4), n_val=2, seed=kwargs.get("seed", 0))
+        return folder
+
+
+def test_synthetic_dataset_generated_once(tmp_path, monkeypatch):
+    fake = FakeSynthetic()
+    monkeypatch.setattr(dm_module, "_synthetic_registry", lambda: {"synth-fake": fake})
+    dm = MultiTaskDataModule(
+        "synth-fake",
+        root=str(tmp_path),
+        preset="invpt",
+        train_size=(24, 32),
+        batch_size=2,
+        generate={"n_train": 4, "seed": 1},
+    )
+    assert dm.num_classes == {"semseg": 40} and fake.calls == []
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    list(dm.val_dataloader())
+    assert fake.calls == [{"n_train": 4, "seed": 1}]
+    assert dm.data_root == tmp_path / "synth-nyud"
+    assert batch["image"].shape == (2, 3, 24, 32)
+    with pytest.raises(ValueError, match=r"available: .*'synth-fake'"):
+        MultiTaskDataModule("synth-other", root=str(tmp_path))
