@@ -52,27 +52,29 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_inde
         target = target[:, 0]
     if labels.shape != target.shape:
         raise ValueError(f"prediction {tuple(labels.shape)} and target {tuple(target.shape)} differ in shape")
-    target = target.long()
-    valid = target != ignore_index
     k = num_classes
-    # one host sync for the range check: (min, max) of the valid GT and predicted labels
-    lo_hi = torch.stack(
-        [
-            torch.where(valid, target, k).min(),
-            torch.where(valid, target, -1).max(),
-            torch.where(valid, labels, k).min(),
-            torch.where(valid, labels, -1).max(),
-        ]
-    ).tolist()
-    if lo_hi[0] < 0 or lo_hi[1] >= k:
+    t = target.reshape(-1).long()
+    p = labels.reshape(-1)
+    if p.numel():
+        p_lo, p_hi = torch.stack(torch.aminmax(p)).tolist()
+        if p_lo < 0 or p_hi >= k:
+            raise ValueError(f"predicted labels must lie in 0..{k - 1}, got {p_lo}..{p_hi}")
+    ignore_row = ignore_index
+    if ignore_index < k:  # an unusual ignore value (negative or a class id): move it past the classes
+        t = torch.where(t == ignore_index, k, t)
+        ignore_row = k
+    # one bincount over GT * K + pred (a negative GT gives a negative index); the ignore row lands past the
+    # K x K block and is dropped; anything else past the block is a GT label out of range
+    try:
+        counts = torch.bincount(torch.add(p, t, alpha=k), minlength=(ignore_row + 1) * k)
+    except RuntimeError as err:
+        raise ValueError(f"target holds negative labels other than the ignore value {ignore_index}") from err
+    stray = counts[k * k : ignore_row * k].sum() + counts[(ignore_row + 1) * k :].sum()
+    if int(stray):
         raise ValueError(
-            f"target holds labels outside 0..{k - 1} other than the ignore value {ignore_index}: "
-            f"range {lo_hi[0]}..{lo_hi[1]}"
+            f"target holds labels outside 0..{k - 1} other than the ignore value {ignore_index} ({int(stray)} pixels)"
         )
-    if lo_hi[2] < 0 or lo_hi[3] >= k:
-        raise ValueError(f"predicted labels must lie in 0..{k - 1}, got {lo_hi[2]}..{lo_hi[3]}")
-    index = torch.where(valid, target * k + labels, k * k)  # invalid pixels go to an extra, dropped bin
-    return torch.bincount(index.flatten(), minlength=k * k + 1)[: k * k].reshape(k, k)
+    return counts[: k * k].reshape(k, k)
 
 
 def scores_from_confusion(confmat: Tensor, absent: str = "zero") -> dict[str, Tensor]:
