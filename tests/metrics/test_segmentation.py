@@ -127,7 +127,7 @@ def nyu654(shared_data, tmp_path_factory) -> np.ndarray:
 
 def _stream(metric: SegmentationMetrics, pred: np.ndarray, gt: np.ndarray, batch: int = 32) -> None:
     for i in range(0, len(gt), batch):
-        metric.update(torch.from_numpy(pred[i : i + batch]).long(), torch.from_numpy(gt[i : i + batch]).long())
+        metric.update(torch.from_numpy(pred[i : i + batch]), torch.from_numpy(gt[i : i + batch]))  # uint8 maps
 
 
 def test_real_labels_against_themselves(nyu654):
@@ -150,7 +150,7 @@ def test_real_labels_perturbed_against_numpy(nyu654):
         pred[pred == 3] = 4
         flip = rng.random(pred.shape, dtype=np.float32) < 0.05
         pred[flip] = rng.integers(0, 40, int(flip.sum()))
-        m.update(torch.from_numpy(pred).long(), torch.from_numpy(gt).long())
+        m.update(torch.from_numpy(pred), torch.from_numpy(gt))
         cm += np_confusion(pred, gt, 40)
     miou, acc, iou = np_scores(cm)
     assert np.array_equal(m.confmat.numpy(), cm)
