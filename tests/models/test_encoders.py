@@ -332,3 +332,13 @@ def test_pretrained_lite0_classifies_nyu_frames(shared_data: Path) -> None:
     ok, names = _sensible(pretrained, x, categories)
     assert ok and names[0] == "microwave", names
     assert not _sensible(random_init, x, categories)[0]
+
+
+def test_full_model_checkpoint_into_flattened_feature_wrapper(tmp_path: Path) -> None:
+    """timm's FeatureListNet renames ``stages.3`` to ``stages_3``; a full-model state dict still loads strictly."""
+    torch.manual_seed(0)
+    full = timm.create_model("convnext_atto", pretrained=False)
+    torch.save(full.state_dict(), tmp_path / "atto.pth")
+    enc = build_encoder("convnext_atto", str(tmp_path / "atto.pth"))
+    torch.testing.assert_close(enc.model.stages_3.blocks[1].mlp.fc2.weight, full.stages[3].blocks[1].mlp.fc2.weight)
+    torch.testing.assert_close(enc.model.stem_0.weight, full.stem[0].weight)
