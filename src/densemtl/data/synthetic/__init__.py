@@ -11,9 +11,18 @@ boundaries all come from the same 3D geometry. Modules, one job each:
 * ``builder``, ``scene_nyud``, ``scene_pascal``: the scene grammars.
 * ``kinect``: Kinect-like invalid depth.
 * ``generate``, ``synth_nyud``, ``synth_pascal``, ``card``: parallel deterministic writing, dataset cards.
-* ``datasets``: the registered readers and :data:`SYNTHETIC_DATASETS` (generate-once cache).
+* ``datasets``: the registered readers ``synth-nyud`` / ``synth-pascal`` and :data:`SYNTHETIC_DATASETS`.
 """
 
+from densemtl.data.synthetic.datasets import SYNTHETIC_DATASETS, SyntheticSpec, SynthNYUD, SynthPascal
 from densemtl.data.synthetic.synth_nyud import generate_synth_nyud
+from densemtl.data.synthetic.synth_pascal import generate_synth_pascal
 
-__all__ = ["generate_synth_nyud"]
+__all__ = [
+    "SYNTHETIC_DATASETS",
+    "SynthNYUD",
+    "SynthPascal",
+    "SyntheticSpec",
+    "generate_synth_nyud",
+    "generate_synth_pascal",
+]

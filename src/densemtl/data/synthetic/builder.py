@@ -155,10 +155,7 @@ class Builder:
         lo, hi = bounds
         if np.any(lo < -1e-6) or np.any(hi > self.size + 1e-6):
             return False
-        for lo2, hi2 in self.boxes:
-            if np.all(lo < hi2 + margin) and np.all(hi > lo2 - margin):
-                return False
-        return True
+        return not any(np.all(lo < hi2 + margin) and np.all(hi > lo2 - margin) for lo2, hi2 in self.boxes)
 
     def reserve(self, bounds: np.ndarray) -> None:
         """Mark a world volume (2, 3) as occupied."""

@@ -66,8 +66,9 @@ def class_table(classes: Sequence[str], stats: Mapping[str, ImageStats], real: M
 
 
 def _header(title: str, dataset: str, arguments: dict[str, Any], stats: Mapping[str, ImageStats]) -> list[str]:
-    counts = ", ".join(f"{s}: {st.pixels and round(st.pixels / max(1, _pixels_per_image(arguments)))}"
-                       for s, st in stats.items())
+    counts = ", ".join(
+        f"{s}: {st.pixels and round(st.pixels / max(1, _pixels_per_image(arguments)))}" for s, st in stats.items()
+    )
     return [
         f"# {title}",
         "",
@@ -129,16 +130,26 @@ def nyud_card(arguments: dict[str, Any], stats: Mapping[str, ImageStats]) -> str
         ("depth 5th percentile (m)", lambda s: s.depth_percentile(5), REAL_NYU["depth_p5"]),
         ("depth 95th percentile (m)", lambda s: s.depth_percentile(95), REAL_NYU["depth_p95"]),
         ("valid depth fraction", lambda s: s.depth_valid / max(s.pixels, 1), 1.0),
-        ("wall fraction", lambda s: s.class_pixels[names.index("wall")] / max(s.class_pixels.sum(), 1),
-         REAL_NYU13_FRACTIONS["wall"]),
-        ("floor fraction", lambda s: s.class_pixels[names.index("floor")] / max(s.class_pixels.sum(), 1),
-         REAL_NYU13_FRACTIONS["floor"]),
+        (
+            "wall fraction",
+            lambda s: s.class_pixels[names.index("wall")] / max(s.class_pixels.sum(), 1),
+            REAL_NYU13_FRACTIONS["wall"],
+        ),
+        (
+            "floor fraction",
+            lambda s: s.class_pixels[names.index("floor")] / max(s.class_pixels.sum(), 1),
+            REAL_NYU13_FRACTIONS["floor"],
+        ),
         ("brightness (mean RGB, 0-1)", lambda s: s.brightness / max(3 * s.pixels, 1), REAL_NYU["brightness"]),
     ]
     for label, fn, real in rows:
         lines.append(f"| {label} | " + " | ".join(_fmt(fn(s)) for s in stats.values()) + f" | {_fmt(real)} |")
-    lines += ["", "Class fractions are over labelled pixels; real NYUv2 also has "
-              f"{REAL_NYU['void_fraction']:.1%} unlabelled pixels.", ""]
+    lines += [
+        "",
+        "Class fractions are over labelled pixels; real NYUv2 also has "
+        f"{REAL_NYU['void_fraction']:.1%} unlabelled pixels.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -146,8 +157,7 @@ def pascal_card(arguments: dict[str, Any], stats: Mapping[str, ImageStats]) -> s
     """The ``synth-pascal`` dataset card."""
     from densemtl.data.pascal import VOC_CLASSES
 
-    lines = _header("synth-pascal: procedural object scenes in the PASCAL_MT layout", "synth-pascal", arguments,
-                    stats)
+    lines = _header("synth-pascal: procedural object scenes in the PASCAL_MT layout", "synth-pascal", arguments, stats)
     extra_keys = sorted({k for s in stats.values() for k in (s.extra or {})})
     lines += [
         "## Content",

@@ -225,7 +225,5 @@ def intersect_room(size: np.ndarray, origin: np.ndarray, dirs: np.ndarray) -> tu
     return t, face_of_axis[axis, positive.astype(np.int64)]
 
 
-ROOM_FACE_NORMALS = np.array(
-    [[0, 0, 1], [0, 0, -1], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]], dtype=np.float64
-)
+ROOM_FACE_NORMALS = np.array([[0, 0, 1], [0, 0, -1], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]], dtype=np.float64)
 """Inward unit normals of the room faces, indexed as in :func:`intersect_room`."""

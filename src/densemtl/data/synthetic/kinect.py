@@ -46,5 +46,5 @@ def invalid_depth_mask(
     shadow_px = np.where(step, fx * BASELINE * (1.0 / near - 1.0 / np.maximum(far, 1e-6)), 0.0)
     widest = int(np.ceil(shadow_px.max(initial=0.0)))
     for k in range(1, min(widest, 12) + 1):
-        mask[:, k : width] |= np.pad(shadow_px >= k, ((0, 0), (0, 1)))[:, : width - k]
+        mask[:, k:width] |= np.pad(shadow_px >= k, ((0, 0), (0, 1)))[:, : width - k]
     return mask

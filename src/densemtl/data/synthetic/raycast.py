@@ -16,7 +16,7 @@ import numpy as np
 
 from densemtl.data.synthetic.geometry import Shape
 
-__all__ = ["DirectionIndex", "closest_hit", "occluded"]
+__all__ = ["DirectionIndex", "closest_hit", "group_shapes", "occluded"]
 
 
 class DirectionIndex:
@@ -39,6 +39,7 @@ class DirectionIndex:
         az_bin = np.minimum(((az + np.pi) / (2 * np.pi) * n_az).astype(np.int64), n_az - 1)
         el_bin = np.minimum(((el + np.pi / 2) / np.pi * n_el).astype(np.int64), n_el - 1)
         cell = el_bin * n_az + az_bin
+        cell = cell.astype(np.int16) if n_el * n_az < 2**15 else cell  # small ints: radix sort
         self.order = np.argsort(cell, kind="stable")
         self.starts = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=n_el * n_az))])
 
@@ -73,17 +74,67 @@ class DirectionIndex:
                 spans = [(lo, self.n_az - 1), (0, hi - self.n_az)]
             else:
                 spans = [(lo, hi)]
-        pieces = [
-            self.order[self.starts[r * self.n_az + a0] : self.starts[r * self.n_az + a1 + 1]]
-            for r in rows
-            for a0, a1 in spans
-        ]
-        cand = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
-        if cand.size == 0:
-            return cand
+        rows_arr = np.arange(rows.start, rows.stop)
+        lo = np.concatenate([self.starts[rows_arr * self.n_az + a0] for a0, _ in spans])
+        hi = np.concatenate([self.starts[rows_arr * self.n_az + a1 + 1] for _, a1 in spans])
+        lens = hi - lo
+        total = int(lens.sum())
+        if total == 0:
+            return np.zeros(0, dtype=np.int64)
+        shift = np.repeat(lo - (np.cumsum(lens) - lens), lens)
+        cand = self.order[np.arange(total) + shift]
         u = self.unit[cand]
         cos = u[:, 0] * axis[0] + u[:, 1] * axis[1] + u[:, 2] * axis[2]
         return cand[cos >= np.cos(half) - 1e-6]
+
+
+def group_shapes(shapes: Sequence[Shape], keys: Sequence[int]) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """Bounding spheres of groups of shapes (e.g. the primitives of one object instance).
+
+    Args:
+        shapes: primitives.
+        keys: (len(shapes),) group key per shape.
+
+    Returns:
+        (centre (3,), radius, member indices) per group, in order of first appearance.
+    """
+    members: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(int(key), []).append(i)
+    out = []
+    for idx in members.values():
+        centres = np.stack([shapes[i].center for i in idx])
+        radii = np.array([shapes[i].bound_radius for i in idx])
+        centre = centres.mean(axis=0)
+        out.append((centre, float(np.max(np.linalg.norm(centres - centre, axis=1) + radii)), np.array(idx)))
+    return out
+
+
+def _member_rays(bins: DirectionIndex, rays: np.ndarray, shape: Shape) -> np.ndarray:
+    """The rays of a group's candidates that may hit one member (direct cone test)."""
+    rel = shape.center - bins.origin
+    dist = float(np.sqrt(rel @ rel))
+    radius = shape.bound_radius * 1.001 + 1e-4
+    if dist <= radius:
+        return rays
+    axis = rel / dist
+    u = bins.unit[rays]
+    cos = u[:, 0] * axis[0] + u[:, 1] * axis[1] + u[:, 2] * axis[2]
+    return rays[cos >= np.sqrt(max(0.0, 1.0 - (radius / dist) ** 2)) - 1e-6]
+
+
+def _candidates(bins: DirectionIndex, shapes: Sequence[Shape], groups):
+    """(shape index, candidate rays) for every shape that some ray may hit, group by group."""
+    if groups is None:
+        groups = [(s.center, s.bound_radius, np.array([k])) for k, s in enumerate(shapes)]
+    for centre, radius, idx in groups:
+        rays = bins.query(centre, radius)
+        if rays.size == 0:
+            continue
+        for k in idx:
+            sub = rays if len(idx) == 1 or rays.size < 2000 else _member_rays(bins, rays, shapes[k])
+            if sub.size:
+                yield int(k), sub
 
 
 def closest_hit(
@@ -93,6 +144,7 @@ def closest_hit(
     t: np.ndarray,
     index: np.ndarray,
     normals: np.ndarray,
+    groups: list[tuple[np.ndarray, float, np.ndarray]] | None = None,
 ) -> None:
     """Update a z-buffer in place with the nearest hits of ``shapes``.
 
@@ -103,15 +155,13 @@ def closest_hit(
         t: (N,) current nearest hit parameters (e.g. of the room shell); updated.
         index: (N,) int current hit primitive (-1: none/room); updated.
         normals: (N, 3) current world normals; updated.
+        groups: optional bounding groups from :func:`group_shapes` (culled first, then their members).
     """
     if not shapes:
         return
     bins = DirectionIndex(origin, dirs)
-    for k, shape in enumerate(shapes):
-        rays = bins.query(shape.center, shape.bound_radius)
-        if rays.size == 0:
-            continue
-        tk, nk = shape.intersect(origin, dirs[rays])
+    for k, rays in _candidates(bins, shapes, groups):
+        tk, nk = shapes[k].intersect(origin, dirs[rays])
         better = tk < t[rays]
         sel = rays[better]
         t[sel] = tk[better]
@@ -119,7 +169,13 @@ def closest_hit(
         normals[sel] = nk[better]
 
 
-def occluded(shapes: Sequence[Shape], light: np.ndarray, points: np.ndarray, tolerance: float = 1e-4) -> np.ndarray:
+def occluded(
+    shapes: Sequence[Shape],
+    light: np.ndarray,
+    points: np.ndarray,
+    tolerance: float = 1e-4,
+    groups: list[tuple[np.ndarray, float, np.ndarray]] | None = None,
+) -> np.ndarray:
     """Which points are hidden from a point light by any shape.
 
     Rays run from the light to each point (``t`` in (0, 1)); a hit with ``t < 1 - tolerance`` shadows it.
@@ -129,6 +185,7 @@ def occluded(shapes: Sequence[Shape], light: np.ndarray, points: np.ndarray, tol
         light: (3,) light position in world metres.
         points: (N, 3) shaded points.
         tolerance: relative distance before the point within which hits are ignored (the surface itself).
+        groups: optional bounding groups from :func:`group_shapes`.
 
     Returns:
         bool (N,): True where the point is in shadow.
@@ -138,11 +195,10 @@ def occluded(shapes: Sequence[Shape], light: np.ndarray, points: np.ndarray, tol
     if not shapes or not len(points):
         return shadow
     bins = DirectionIndex(light, dirs)
-    for shape in shapes:
-        rays = bins.query(shape.center, shape.bound_radius)
+    for k, rays in _candidates(bins, shapes, groups):
         rays = rays[~shadow[rays]]
         if rays.size == 0:
             continue
-        tk, _ = shape.intersect(light, dirs[rays])
+        tk, _ = shapes[k].intersect(light, dirs[rays])
         shadow[rays[tk < 1.0 - tolerance]] = True
     return shadow

@@ -12,7 +12,7 @@ import numpy as np
 
 from densemtl.data.synthetic.camera import Camera
 from densemtl.data.synthetic.geometry import ROOM_FACE_NORMALS, Shape, intersect_room
-from densemtl.data.synthetic.raycast import closest_hit
+from densemtl.data.synthetic.raycast import closest_hit, group_shapes
 from densemtl.data.synthetic.shading import Light, expose, sensor_noise, shade
 from densemtl.data.synthetic.textures import Material, albedo, emission
 
@@ -136,7 +136,8 @@ def render(
     index = np.full(len(dirs), -1, dtype=np.int64)
     normals = ROOM_FACE_NORMALS[face]
     shapes = [o.shape for o in scene.objects]
-    closest_hit(shapes, origin, dirs, t, index, normals)
+    groups = group_shapes(shapes, [o.instance for o in scene.objects])
+    closest_hit(shapes, origin, dirs, t, index, normals, groups)
 
     n_obj = len(scene.objects)
     surface = np.where(index >= 0, index, n_obj + face)
@@ -158,7 +159,9 @@ def render(
         alb[pix] = albedo(materials[sid], local)
         emit[pix] = emission(materials[sid], local)
 
-    radiance = shade(points, normals, alb, emit, scene.lights, scene.ambient, shapes, shadows=shadows)
+    radiance = shade(
+        points, normals, alb, emit, scene.lights, scene.ambient, shapes, shadows, groups, (surface, (height, width))
+    )
     rgb = sensor_noise(expose(radiance.reshape(height, width, 3), brightness), rng, noise_sigma)
 
     unit = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)

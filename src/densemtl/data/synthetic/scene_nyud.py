@@ -14,7 +14,7 @@ import numpy as np
 
 from densemtl.data.synthetic.builder import WALLS, Builder, Frame, wall_frame, wall_length
 from densemtl.data.synthetic.camera import Camera, Intrinsics, look_rotation
-from densemtl.data.synthetic.geometry import rotation_x, rotation_y
+from densemtl.data.synthetic.geometry import rotation_y
 from densemtl.data.synthetic.render import Scene
 from densemtl.data.synthetic.shading import Light
 from densemtl.data.synthetic.textures import Material, make_material, random_color
@@ -41,8 +41,6 @@ official 13-class list (class13_names of ankurhanda/nyuv2-meta-data); some paper
 
 BED, BOOKS, CEILING, CHAIR, FLOOR, FURNITURE, OBJECTS, PICTURE, SOFA, TABLE, TV, WALL, WINDOW = range(13)
 
-U = np.random.Generator.uniform
-
 
 # ----------------------------------------------------------------------------------------------- materials
 def _wood(rng: np.random.Generator, extent=None) -> Material:
@@ -51,7 +49,7 @@ def _wood(rng: np.random.Generator, extent=None) -> Material:
         return make_material(rng, "panels" if extent is not None else "plain", col, col * 0.8, 0.0, extent)
     col = random_color(rng, (0.03, 0.11), (0.35, 0.75), (0.25, 0.8))
     fam = "panels" if extent is not None else "wood"
-    return make_material(rng, fam, col, col * rng.uniform(0.5, 0.8), rng.uniform(0.02, 0.08), extent)
+    return make_material(rng, fam, col, col * rng.uniform(0.6, 0.85), rng.uniform(0.08, 0.2), extent)
 
 
 def _fabric(rng: np.random.Generator, pale: bool = False) -> Material:
@@ -75,7 +73,7 @@ def _metal(rng: np.random.Generator) -> Material:
 def _clutter(b: Builder, f: Frame, z: float, hx: float, hy: float) -> None:
     """Small objects (and sometimes a book stack) on a support rectangle of half size (hx, hy) at height z."""
     rng = b.rng
-    for _ in range(int(rng.integers(0, 4 if hx > 0.3 else 2))):
+    for _ in range(int(rng.integers(1, 7 if hx > 0.3 else 3))):
         x, y = rng.uniform(-hx * 0.8, hx * 0.8), rng.uniform(-hy * 0.8, hy * 0.8)
         g = f.moved((x, y, z), rng.uniform(0, np.pi))
         if rng.random() < 0.2:
@@ -122,8 +120,15 @@ def _book_stack(b: Builder, f: Frame) -> None:
         dims = (rng.uniform(0.15, 0.3), rng.uniform(0.12, 0.22), rng.uniform(0.02, 0.05))
         col = random_color(rng, (0, 1), (0.2, 0.9), (0.2, 0.9))
         m = make_material(rng, "book", col, random_color(rng), 0.1, extent=np.array(dims) / 2)
-        b.box(f.moved((rng.uniform(-0.02, 0.02), 0, 0), rng.uniform(-0.3, 0.3)), (0, 0, z + dims[2] / 2), dims,
-              BOOKS, b.instance(), m, rotation_y(np.pi / 2))
+        b.box(
+            f.moved((rng.uniform(-0.02, 0.02), 0, 0), rng.uniform(-0.3, 0.3)),
+            (0, 0, z + dims[2] / 2),
+            dims,
+            BOOKS,
+            b.instance(),
+            m,
+            rotation_y(np.pi / 2),
+        )
         z += dims[2]
 
 
@@ -145,8 +150,14 @@ def bed(b: Builder, f: Frame, w: float, d: float) -> None:
     hh = rng.uniform(0.8, 1.2)
     b.box(f, (0, -d / 2 + 0.04, hh / 2), (w + 0.04, 0.08, hh), BED, inst, frame_m)
     for sx in (-1, 1) if w > 1.2 else (0,):
-        b.ellipsoid(f, (sx * w / 4.3, -L / 2 + 0.28, top + mh + 0.07), (min(w / 4.6, 0.35), 0.17, 0.08),
-                    OBJECTS, b.instance(), _fabric(rng, True))
+        b.ellipsoid(
+            f,
+            (sx * w / 4.3, -L / 2 + 0.28, top + mh + 0.07),
+            (min(w / 4.6, 0.35), 0.17, 0.08),
+            OBJECTS,
+            b.instance(),
+            _fabric(rng, True),
+        )
 
 
 def wardrobe(b: Builder, f: Frame, w: float, d: float) -> None:
@@ -164,12 +175,17 @@ def cabinet(b: Builder, f: Frame, w: float, d: float, h: float | None = None) ->
 def counter(b: Builder, f: Frame, w: float, d: float) -> None:
     rng, inst = b.rng, b.instance()
     b.box(f, (0, -0.03, 0.44), (w, d - 0.06, 0.88), FURNITURE, inst, _wood(rng, np.array([w, d, 0.88]) / 2))
-    top = make_material(rng, rng.choice(["plain", "tiles"]), random_color(rng, (0, 1), (0, 0.3), (0.2, 0.9)), None,
-                        0.1)
+    top = make_material(rng, rng.choice(["plain", "tiles"]), random_color(rng, (0, 1), (0, 0.3), (0.2, 0.9)), None, 0.1)
     b.box(f, (0, 0, 0.9), (w + 0.02, d, 0.04), FURNITURE, inst, top)
     if rng.random() < 0.6:
-        b.box(f, (0, -d / 2 + 0.18, rng.uniform(1.75, 1.95)), (w, 0.35, 0.7), FURNITURE, b.instance(),
-              _wood(rng, np.array([w, 0.35, 0.7]) / 2))
+        b.box(
+            f,
+            (0, -d / 2 + 0.18, rng.uniform(1.75, 1.95)),
+            (w, 0.35, 0.7),
+            FURNITURE,
+            b.instance(),
+            _wood(rng, np.array([w, 0.35, 0.7]) / 2),
+        )
     _clutter(b, f, 0.92, w / 2, d / 2 - 0.05)
 
 
@@ -189,19 +205,32 @@ def bookshelf(b: Builder, f: Frame, w: float, d: float) -> None:
         z0 = i * gap + t
         x = -w / 2 + t + 0.01
         while x < w / 2 - t - 0.05:
-            if rng.random() < 0.12:  # a gap or an object
+            if rng.random() < 0.2:  # a gap or an object
                 if rng.random() < 0.5 and x < w / 2 - 0.2:
                     _small_object(b, f.moved((x + 0.08, 0, z0)))
                 x += rng.uniform(0.1, 0.25)
                 continue
-            bw = rng.uniform(0.015, 0.05)
+            n_books, bw = int(rng.integers(2, 9)), rng.uniform(0.018, 0.045)
+            block = min(n_books * bw, w / 2 - t - x)
             bh = min(gap - 0.02, rng.uniform(0.15, 0.3))
             bd = min(d - 0.04, rng.uniform(0.12, 0.22))
-            col = random_color(rng, (0, 1), (0.1, 0.9), (0.15, 0.9))
-            mat = make_material(rng, "book", col, random_color(rng), 0.1, extent=np.array([bw, bd, bh]) / 2)
-            b.box(f, (x + bw / 2, d / 2 - bd / 2 - rng.uniform(0.0, 0.03), z0 + bh / 2), (bw, bd, bh), BOOKS,
-                  b.instance(), mat)
-            x += bw + 0.002
+            mat = make_material(
+                rng,
+                "bookrow",
+                random_color(rng, (0, 1), (0.2, 0.9), (0.2, 0.9)),
+                random_color(rng, (0, 1), (0.2, 0.9), (0.2, 0.9)),
+                bw,
+                np.array([block, bd, bh]) / 2,
+            )
+            b.box(
+                f,
+                (x + block / 2, d / 2 - bd / 2 - rng.uniform(0.0, 0.03), z0 + bh / 2),
+                (block, bd, bh),
+                BOOKS,
+                b.instance(),
+                mat,
+            )
+            x += block + 0.003
 
 
 def table(b: Builder, f: Frame, w: float, d: float, h: float | None = None) -> None:
@@ -298,15 +327,25 @@ def tv_on_stand(b: Builder, f: Frame, w: float, d: float) -> None:
 
 def floor_object(b: Builder, f: Frame) -> None:
     rng, inst = b.rng, b.instance()
-    if rng.random() < 0.4:  # bin or pot plant
-        r, h = rng.uniform(0.12, 0.2), rng.uniform(0.25, 0.5)
+    kind = rng.random()
+    if kind < 0.3:  # bin or pot plant
+        r, h = rng.uniform(0.12, 0.22), rng.uniform(0.25, 0.5)
         b.cylinder(f, (0, 0, h / 2), r, h, OBJECTS, inst, _plastic(rng))
         if rng.random() < 0.5:
             leaf = make_material(rng, "fabric", random_color(rng, (0.2, 0.4), (0.4, 0.9), (0.2, 0.6)), None, 0.0)
-            b.ellipsoid(f, (0, 0, h + 0.3), (0.3, 0.3, 0.4), OBJECTS, inst, leaf)
-    else:  # boxes, bags
-        dims = (rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.5), rng.uniform(0.15, 0.6))
-        b.box(f, (0, 0, dims[2] / 2), dims, OBJECTS, inst, _plastic(rng))
+            rr = rng.uniform(0.25, 0.4)
+            b.ellipsoid(f, (0, 0, h + rr), (rr, rr, rr * 1.3), OBJECTS, inst, leaf)
+    elif kind < 0.5:  # bag, clothes pile
+        rr = rng.uniform(0.15, 0.35)
+        b.ellipsoid(f, (0, 0, rr * 0.5), (rr, rr * rng.uniform(0.6, 1.0), rr * 0.6), OBJECTS, inst, _fabric(rng))
+    else:  # boxes, possibly stacked
+        z = 0.0
+        for _ in range(int(rng.integers(1, 4))):
+            dims = (rng.uniform(0.25, 0.6), rng.uniform(0.25, 0.5), rng.uniform(0.15, 0.45))
+            b.box(f.moved((0, 0, 0), rng.normal(0, 0.2)), (0, 0, z + dims[2] / 2), dims, OBJECTS, inst, _plastic(rng))
+            z += dims[2]
+            if rng.random() < 0.5:
+                break
 
 
 # ----------------------------------------------------------------------------------------------- placement
@@ -339,8 +378,14 @@ def _place_free(b: Builder, w: float, d: float, h: float, tries: int = 20) -> Fr
 
 
 def _chairs_around(b: Builder, f: Frame, w: float, d: float, n: int) -> None:
-    spots = [((0, -d / 2 - 0.3), 0.0), ((0, d / 2 + 0.3), np.pi), ((-w / 2 - 0.3, 0), -np.pi / 2),
-             ((w / 2 + 0.3, 0), np.pi / 2), ((-w / 4, -d / 2 - 0.3), 0.0), ((w / 4, d / 2 + 0.3), np.pi)]
+    spots = [
+        ((0, -d / 2 - 0.3), 0.0),
+        ((0, d / 2 + 0.3), np.pi),
+        ((-w / 2 - 0.3, 0), -np.pi / 2),
+        ((w / 2 + 0.3, 0), np.pi / 2),
+        ((-w / 4, -d / 2 - 0.3), 0.0),
+        ((w / 4, d / 2 + 0.3), np.pi),
+    ]
     for (x, y), a in spots[:n]:
         g = f.moved((x, y, 0), a + b.rng.normal(0, 0.25))
         bounds = b.aabb(g, (0, 0, 0.45), (0.5, 0.5, 0.9))
@@ -349,131 +394,245 @@ def _chairs_around(b: Builder, f: Frame, w: float, d: float, n: int) -> None:
             chair(b, g)
 
 
-def _wall_mounted(b: Builder, kind: str) -> None:
-    rng, (W, D, H) = b.rng, b.size
+def _mount(b: Builder, w: float, h: float, t: float, z: float, clearance: float = 0.0) -> Frame | None:
+    """A frame on a random wall for a thin box (w wide, h high, t thick) centred at height z."""
     for _ in range(15):
-        wall = int(rng.choice(WALLS))
+        wall = int(b.rng.choice(WALLS))
         length = wall_length(b.size, wall)
-        if kind == "window":
-            w, h = rng.uniform(0.7, min(2.2, length - 0.4)), rng.uniform(0.9, 1.5)
-            z = min(rng.uniform(0.75, 1.1) + h / 2, H - 0.15 - h / 2)
-            t = 0.06
-        elif kind == "picture":
-            w, h = rng.uniform(0.25, 1.1), rng.uniform(0.25, 0.8)
-            z = rng.uniform(1.25, min(1.9, H - 0.2 - h / 2))
-            t = rng.uniform(0.015, 0.04)
-        elif kind == "door":
-            w, h, t = rng.uniform(0.8, 0.95), min(2.05, H - 0.1), 0.04
-            z = h / 2
-        else:  # tv
-            w = rng.uniform(0.8, 1.4)
-            h, t = w * 9 / 16, 0.05
-            z = rng.uniform(1.1, 1.5)
         if length < w + 0.3:
             continue
-        f = wall_frame(b.size, wall, rng.uniform(w / 2 + 0.1, length - w / 2 - 0.1), t, gap=0.0)
-        dims = (w, t, h)
-        bounds = b.aabb(f, (0, 0, z), (w + 0.2, t + (0.5 if kind in ("door", "window") else 0.0), h))
-        if not b.is_free(bounds, margin=0.0):
-            continue
-        b.reserve(bounds)
-        ext = np.array(dims) / 2
-        if kind == "window":
-            frame_col = random_color(rng, (0, 1), (0, 0.15), (0.5, 0.95))
-            sky = random_color(rng, (0.5, 0.65), (0.05, 0.5), (0.6, 1.0))
-            b.box(f, (0, 0, z), dims, WINDOW, b.instance(), make_material(rng, "window", sky, frame_col, 0.0, ext,
-                                                                            glow=rng.uniform(1.2, 2.5)))
-            if rng.random() < 0.5:  # curtains (window class in NYU-13)
-                cm = _fabric(rng)
-                cw, ch = rng.uniform(0.25, 0.5), min(H - 0.1, z + h / 2 + 0.2)
-                for sx in (-1, 1):
-                    b.box(f, (sx * (w / 2 + cw / 2 - 0.05), 0.06, ch / 2 + (H - 0.1 - ch)), (cw, 0.05, ch), WINDOW,
-                          b.instance(), cm)
-        elif kind == "picture":
-            col = random_color(rng, (0, 1), (0.2, 0.9), (0.2, 0.9))
-            frame_col = random_color(rng, (0, 1), (0, 0.5), (0.05, 0.9))
-            m = make_material(rng, "picture", col, frame_col, rng.uniform(0.02, 0.07), ext, noise_freq=2.0)
-            b.box(f, (0, 0, z), dims, PICTURE, b.instance(), m)
-        elif kind == "door":
-            b.box(f, (0, 0, z), dims, WALL, b.instance(), _wood(rng, ext))
-        else:
-            b.box(f, (0, 0, z), dims, TV, b.instance(), _screen(rng, ext))
+        f = wall_frame(b.size, wall, b.rng.uniform(w / 2 + 0.1, length - w / 2 - 0.1), t, gap=0.0)
+        bounds = b.aabb(f, (0, clearance / 2, z), (w + 0.1, t + clearance, h))
+        if b.is_free(bounds, margin=0.0):
+            b.reserve(bounds)
+            return f
+    return None
+
+
+def window(b: Builder) -> None:
+    rng, H = b.rng, b.size[2]
+    w, h = rng.uniform(0.7, 2.2), rng.uniform(0.9, 1.6)
+    z = min(rng.uniform(0.75, 1.1) + h / 2, H - 0.12 - h / 2)
+    if (f := _mount(b, w + 0.9, h, 0.06, z, clearance=0.4)) is None:
         return
+    ext = np.array([w, 0.06, h]) / 2
+    frame_col = random_color(rng, (0, 1), (0, 0.15), (0.5, 0.95))
+    sky = random_color(rng, (0.5, 0.65), (0.05, 0.5), (0.6, 1.0))
+    m = make_material(rng, "window", sky, frame_col, 0.0, ext, glow=rng.uniform(1.2, 2.5))
+    b.box(f, (0, 0, z), (w, 0.06, h), WINDOW, b.instance(), m)
+    if rng.random() < 0.6:  # curtains or blinds: window class in NYU-13
+        cm = _fabric(rng)
+        cw, top = rng.uniform(0.25, 0.45), min(H - 0.05, z + h / 2 + 0.25)
+        ch = top - rng.uniform(0.02, 0.6)
+        for sx in (-1, 1):
+            b.box(f, (sx * (w / 2 + cw / 2 - 0.06), 0.08, top - ch / 2), (cw, 0.05, ch), WINDOW, b.instance(), cm)
 
 
-ROOM_TYPES: dict[str, list[tuple[str, float]]] = {
-    "bedroom": [("bed", 1.0), ("nightstand", 0.7), ("nightstand", 0.4), ("wardrobe", 0.6), ("dresser", 0.5),
-                ("bookshelf", 0.3), ("desk", 0.3), ("tv_stand", 0.15), ("chair", 0.3)],
-    "living": [("sofa", 1.0), ("armchair", 0.5), ("coffee_table", 0.8), ("tv_stand", 0.7), ("bookshelf", 0.5),
-               ("side_table", 0.4), ("dresser", 0.3), ("chair", 0.2)],
-    "office": [("desk", 1.0), ("desk", 0.5), ("bookshelf", 0.8), ("bookshelf", 0.4), ("cabinet", 0.6),
-               ("sofa", 0.15), ("table", 0.3)],
-    "kitchen": [("counter", 1.0), ("counter", 0.6), ("fridge", 0.6), ("dining", 0.6), ("cabinet", 0.3)],
-    "dining": [("dining", 1.0), ("sideboard", 0.7), ("bookshelf", 0.3), ("sofa", 0.2), ("tv_stand", 0.2)],
-}
+def picture(b: Builder) -> None:
+    rng, H = b.rng, b.size[2]
+    w, h = rng.uniform(0.25, 1.2), rng.uniform(0.25, 0.9)
+    z = rng.uniform(1.2, max(1.25, min(1.9, H - 0.2 - h / 2)))
+    t = rng.uniform(0.015, 0.04)
+    if (f := _mount(b, w, h, t, z)) is None:
+        return
+    col = random_color(rng, (0, 1), (0.2, 0.9), (0.2, 0.9))
+    frame_col = random_color(rng, (0, 1), (0, 0.5), (0.05, 0.9))
+    m = make_material(rng, "picture", col, frame_col, rng.uniform(0.02, 0.07), np.array([w, t, h]) / 2, noise_freq=2.0)
+    b.box(f, (0, 0, z), (w, t, h), PICTURE, b.instance(), m)
 
 
-def _furnish(b: Builder, kind: str) -> None:
+def door(b: Builder) -> None:
+    rng, H = b.rng, b.size[2]
+    w, h = rng.uniform(0.8, 0.95), min(2.05, H - 0.1)
+    if (f := _mount(b, w + 0.2, h, 0.04, h / 2, clearance=0.8)) is not None:
+        b.box(f, (0, 0, h / 2), (w, 0.04, h), WALL, b.instance(), _wood(rng, np.array([w, 0.04, h]) / 2))
+
+
+def wall_tv(b: Builder) -> None:
+    w = b.rng.uniform(0.8, 1.4)
+    h = w * 9 / 16
+    z = b.rng.uniform(1.1, 1.5)
+    if (f := _mount(b, w, h, 0.05, z)) is not None:
+        b.box(f, (0, 0, z), (w, 0.05, h), TV, b.instance(), _screen(b.rng, np.array([w, 0.05, h]) / 2))
+
+
+def wall_objects(b: Builder) -> None:
+    """A mirror, whiteboard or clock (objects), or a wall shelf (furniture) holding objects and books."""
     rng = b.rng
-    if kind == "bed":
-        w, d = rng.choice([0.95, 1.4, 1.6, 1.8]), rng.uniform(2.0, 2.2)
-        if (f := _place_on_wall(b, w + 0.06, d, 1.1)) is not None:
-            bed(b, f, w, d)
-    elif kind in ("nightstand", "dresser", "cabinet", "sideboard"):
-        w, d = {"nightstand": (0.45, 0.4), "dresser": (1.2, 0.5), "cabinet": (0.8, 0.45), "sideboard": (1.6, 0.45)}[
-            kind
-        ]
-        w *= rng.uniform(0.8, 1.2)
-        h = rng.uniform(0.5, 0.6) if kind == "nightstand" else rng.uniform(0.7, 1.1)
-        if (f := _place_on_wall(b, w, d, h)) is not None:
-            cabinet(b, f, w, d, h)
-    elif kind == "wardrobe":
-        w, d = rng.uniform(0.9, 2.0), rng.uniform(0.55, 0.65)
-        if (f := _place_on_wall(b, w, d, 2.2)) is not None:
-            wardrobe(b, f, w, d)
-    elif kind == "bookshelf":
-        w, d = rng.uniform(0.6, 1.4), rng.uniform(0.28, 0.38)
-        if (f := _place_on_wall(b, w, d, 2.1)) is not None:
-            bookshelf(b, f, w, d)
-    elif kind == "desk":
-        w, d = rng.uniform(1.0, 1.6), rng.uniform(0.6, 0.75)
-        if (f := _place_on_wall(b, w, d + 0.7, 1.1)) is not None:
-            g = f.moved((0, -0.35, 0))
-            desk(b, g, w, d)
-            chair(b, g.moved((rng.uniform(-0.2, 0.2), d / 2 + 0.2, 0), np.pi + rng.normal(0, 0.3)))
-    elif kind in ("sofa", "armchair"):
-        w = rng.uniform(1.6, 2.4) if kind == "sofa" else rng.uniform(0.75, 1.0)
-        d = rng.uniform(0.8, 0.95)
-        f = _place_on_wall(b, w, d, 0.9) if kind == "sofa" or rng.random() < 0.5 else _place_free(b, w, d, 0.9)
+    if rng.random() < 0.5:
+        w, h = rng.uniform(0.4, 1.5), rng.uniform(0.4, 1.0)
+        z = rng.uniform(1.2, 1.6)
+        if (f := _mount(b, w, h, 0.02, z)) is not None:
+            col = random_color(rng, (0, 1), (0, 0.1), (0.6, 0.95))
+            b.box(f, (0, 0, z), (w, 0.02, h), OBJECTS, b.instance(), make_material(rng, "plain", col))
+        return
+    w, d, z = rng.uniform(0.6, 1.4), rng.uniform(0.2, 0.3), rng.uniform(1.1, 1.8)
+    if (f := _mount(b, w, 0.45, d, z + 0.2)) is None:
+        return
+    b.box(f, (0, 0, z), (w, d, 0.025), FURNITURE, b.instance(), _wood(rng))
+    x = -w / 2 + 0.05
+    while x < w / 2 - 0.1:
+        g = f.moved((x, 0, z + 0.0125))
+        if rng.random() < 0.5:
+            _small_object(b, g)
+            x += rng.uniform(0.15, 0.3)
+        else:
+            _book_stack(b, g)
+            x += 0.3
+
+
+def _furniture(w_range: tuple[float, float], d: float, h: float, make: Callable, wall: bool = True) -> Callable:
+    """A placement function: draw a width, find a spot (against a wall or free), then build."""
+
+    def place(b: Builder) -> None:
+        w = b.rng.uniform(*w_range)
+        f = _place_on_wall(b, w, d, h) if wall else _place_free(b, w, d, h)
         if f is not None:
-            sofa(b, f, w, d)
-    elif kind in ("coffee_table", "side_table", "table"):
-        w, d = {"coffee_table": (1.0, 0.55), "side_table": (0.5, 0.5), "table": (1.2, 0.7)}[kind]
-        w, d = w * rng.uniform(0.8, 1.2), d * rng.uniform(0.8, 1.2)
-        h = {"coffee_table": 0.42, "side_table": 0.55, "table": 0.74}[kind]
+            make(b, f, w, d)
+
+    return place
+
+
+def _place_desk(b: Builder) -> None:
+    w, d = b.rng.uniform(1.0, 1.6), b.rng.uniform(0.6, 0.75)
+    if (f := _place_on_wall(b, w, d + 0.7, 1.1)) is not None:
+        g = f.moved((0, -0.35, 0))
+        desk(b, g, w, d)
+        chair(b, g.moved((b.rng.uniform(-0.2, 0.2), d / 2 + 0.2, 0), np.pi + b.rng.normal(0, 0.3)))
+
+
+def _place_bed(b: Builder) -> None:
+    w, d = float(b.rng.choice([0.95, 1.4, 1.6, 1.8])), b.rng.uniform(2.0, 2.2)
+    if (f := _place_on_wall(b, w + 0.06, d, 1.1)) is not None:
+        bed(b, f, w, d)
+
+
+def _place_armchair(b: Builder) -> None:
+    w, d = b.rng.uniform(0.75, 1.0), b.rng.uniform(0.8, 0.95)
+    f = _place_on_wall(b, w, d, 0.9) if b.rng.random() < 0.5 else _place_free(b, w, d, 0.9)
+    if f is not None:
+        sofa(b, f, w, d)
+
+
+def _place_table(kind: str) -> Callable[[Builder], None]:
+    (w0, d0), h = {"coffee_table": ((1.0, 0.55), 0.42), "side_table": ((0.5, 0.5), 0.55), "table": ((1.2, 0.7), 0.74)}[
+        kind
+    ]
+
+    def place(b: Builder) -> None:
+        w, d = w0 * b.rng.uniform(0.8, 1.2), d0 * b.rng.uniform(0.8, 1.2)
         if (f := _place_free(b, w, d, h)) is not None:
             table(b, f, w, d, h)
-    elif kind == "tv_stand":
-        w, d = rng.uniform(1.0, 1.8), rng.uniform(0.4, 0.5)
-        if (f := _place_on_wall(b, w, d, 1.4)) is not None:
-            tv_on_stand(b, f, w, d)
-    elif kind == "counter":
-        w = rng.uniform(1.2, min(3.0, max(b.size[:2]) - 0.4))
-        if (f := _place_on_wall(b, w, 0.62, 2.0)) is not None:
-            counter(b, f, w, 0.62)
-    elif kind == "fridge":
-        if (f := _place_on_wall(b, 0.7, 0.7, 1.9)) is not None:
-            fridge(b, f, 0.7, 0.7)
-    elif kind == "dining":
-        w, d = rng.uniform(1.2, 2.0), rng.uniform(0.8, 1.0)
-        if (f := _place_free(b, w + 1.0, d + 1.0, 0.8)) is not None:
-            table(b, f, w, d, 0.75)
-            b.boxes.pop()
-            b.reserve(b.aabb(f, (0, 0, 0.4), (w, d, 0.8)))
-            _chairs_around(b, f, w, d, int(rng.integers(2, 7)))
-    elif kind == "chair":
-        if (f := _place_free(b, 0.5, 0.5, 0.9)) is not None:
-            chair(b, f)
+
+    return place
+
+
+def _place_cabinet(w0: float, d: float, h_range: tuple[float, float]) -> Callable[[Builder], None]:
+    def place(b: Builder) -> None:
+        w, h = w0 * b.rng.uniform(0.8, 1.2), b.rng.uniform(*h_range)
+        if (f := _place_on_wall(b, w, d, h)) is not None:
+            cabinet(b, f, w, d, h)
+
+    return place
+
+
+def _place_counter(b: Builder) -> None:
+    w = b.rng.uniform(1.2, min(3.0, max(b.size[:2]) - 0.4))
+    if (f := _place_on_wall(b, w, 0.62, 2.0)) is not None:
+        counter(b, f, w, 0.62)
+
+
+def _place_dining(b: Builder) -> None:
+    w, d = b.rng.uniform(1.2, 2.0), b.rng.uniform(0.8, 1.0)
+    if (f := _place_free(b, w + 1.0, d + 1.0, 0.8)) is not None:
+        table(b, f, w, d, 0.75)
+        b.boxes.pop()
+        b.reserve(b.aabb(f, (0, 0, 0.4), (w, d, 0.8)))
+        _chairs_around(b, f, w, d, int(b.rng.integers(2, 7)))
+
+
+def _place_chair(b: Builder) -> None:
+    if (f := _place_free(b, 0.5, 0.5, 0.9)) is not None:
+        chair(b, f)
+
+
+def _place_floor_object(b: Builder) -> None:
+    if (f := _place_free(b, 0.6, 0.6, 0.8)) is not None:
+        floor_object(b, f)
+
+
+PLACERS: dict[str, Callable[[Builder], None]] = {
+    "bed": _place_bed,
+    "nightstand": _place_cabinet(0.45, 0.4, (0.5, 0.6)),
+    "dresser": _place_cabinet(1.2, 0.5, (0.7, 1.1)),
+    "cabinet": _place_cabinet(0.8, 0.45, (0.7, 1.2)),
+    "sideboard": _place_cabinet(1.6, 0.45, (0.75, 0.95)),
+    "wardrobe": _furniture((0.9, 2.0), 0.6, 2.2, wardrobe),
+    "bookshelf": _furniture((0.6, 1.4), 0.33, 2.1, bookshelf),
+    "desk": _place_desk,
+    "sofa": _furniture((1.6, 2.4), 0.9, 0.9, sofa),
+    "armchair": _place_armchair,
+    "coffee_table": _place_table("coffee_table"),
+    "side_table": _place_table("side_table"),
+    "table": _place_table("table"),
+    "tv_stand": _furniture((1.0, 1.8), 0.45, 1.4, tv_on_stand),
+    "counter": _place_counter,
+    "fridge": _furniture((0.65, 0.8), 0.7, 1.9, fridge),
+    "dining": _place_dining,
+    "chair": _place_chair,
+    "floor_object": _place_floor_object,
+    "window": window,
+    "picture": picture,
+    "door": door,
+    "wall_tv": wall_tv,
+    "wall_objects": wall_objects,
+}
+"""Object kind -> placement function (finds free space and builds the object, or gives up)."""
+
+ROOM_TYPES: dict[str, list[tuple[str, float]]] = {
+    "bedroom": [
+        ("bed", 1.0),
+        ("nightstand", 0.7),
+        ("nightstand", 0.4),
+        ("wardrobe", 0.6),
+        ("dresser", 0.5),
+        ("bookshelf", 0.3),
+        ("desk", 0.3),
+        ("tv_stand", 0.15),
+        ("chair", 0.3),
+    ],
+    "living": [
+        ("sofa", 1.0),
+        ("armchair", 0.5),
+        ("coffee_table", 0.8),
+        ("tv_stand", 0.7),
+        ("bookshelf", 0.5),
+        ("side_table", 0.4),
+        ("dresser", 0.3),
+        ("chair", 0.2),
+        ("cabinet", 0.4),
+    ],
+    "office": [
+        ("desk", 1.0),
+        ("desk", 0.5),
+        ("bookshelf", 0.8),
+        ("bookshelf", 0.4),
+        ("cabinet", 0.6),
+        ("cabinet", 0.4),
+        ("sofa", 0.15),
+        ("table", 0.3),
+    ],
+    "kitchen": [("counter", 1.0), ("counter", 0.6), ("fridge", 0.6), ("dining", 0.6), ("cabinet", 0.3)],
+    "dining": [
+        ("dining", 1.0),
+        ("sideboard", 0.7),
+        ("bookshelf", 0.3),
+        ("sofa", 0.2),
+        ("tv_stand", 0.2),
+        ("cabinet", 0.4),
+    ],
+}
+"""Room type -> (object kind, probability) of the main furniture, placed in this order."""
 
 
 def _room_faces(rng: np.random.Generator, size: np.ndarray) -> list[Material]:
@@ -490,8 +649,9 @@ def _room_faces(rng: np.random.Generator, size: np.ndarray) -> list[Material]:
         floor = make_material(rng, "tiles", col, col * 0.5, rng.uniform(0.3, 0.6))
     else:
         floor = make_material(rng, "carpet", random_color(rng, (0, 1), (0.05, 0.6), (0.2, 0.75)), None, 0.1)
-    ceiling = make_material(rng, "plaster", random_color(rng, (0.05, 0.15), (0.0, 0.08), (0.8, 0.98)), None, 0.1,
-                            noise_freq=0.5)
+    ceiling = make_material(
+        rng, "plaster", random_color(rng, (0.05, 0.15), (0.0, 0.08), (0.8, 0.98)), None, 0.1, noise_freq=0.5
+    )
     accent = walls
     if rng.random() < 0.25:
         accent = make_material(rng, "plaster", random_color(rng, (0, 1), (0.1, 0.5), (0.3, 0.9)), None, 0.1)
@@ -510,26 +670,30 @@ def make_nyud_scene(rng: np.random.Generator) -> Scene:
     size = np.array([rng.uniform(3.0, 6.0), rng.uniform(3.5, 7.0), rng.uniform(2.4, 3.0)])
     b = Builder(rng, size)
     room_type = str(rng.choice(list(ROOM_TYPES)))
-    for kind in ("door", *["window"] * int(rng.integers(0, 3))):
-        if kind == "window" or rng.random() < 0.5:
-            _wall_mounted(b, kind)
-    items = [k for k, p in ROOM_TYPES[room_type] if rng.random() < p]
-    items += [str(k) for k in rng.choice(["bookshelf", "chair", "cabinet", "side_table", "sofa", "desk"],
-                                         size=int(rng.integers(0, 3)))]
-    for kind in items:
-        _furnish(b, kind)
-    for _ in range(int(rng.integers(0, 4))):
-        _wall_mounted(b, "picture")
-    if rng.random() < 0.15:
-        _wall_mounted(b, "tv")
-    for _ in range(int(rng.integers(1, 6))):
-        if (f := _place_free(b, 0.5, 0.5, 0.6)) is not None:
-            floor_object(b, f)
+    plan = ["door"] * int(rng.random() < 0.5) + ["window"] * int(rng.integers(0, 3))
+    plan += [k for k, p in ROOM_TYPES[room_type] if rng.random() < p]
+    plan += [
+        str(k)
+        for k in rng.choice(
+            ["bookshelf", "chair", "cabinet", "side_table", "armchair", "desk", "dresser", "floor_object"],
+            size=int(rng.integers(1, 5)),
+        )
+    ]
+    plan += ["picture"] * int(rng.integers(0, 4)) + ["wall_tv"] * int(rng.random() < 0.12)
+    plan += ["wall_objects"] * int(rng.integers(0, 3)) + ["floor_object"] * int(rng.integers(2, 9))
+    for kind in plan:
+        PLACERS[kind](b)
     if rng.random() < 0.3:  # rug: floor class, its own instance
         f = Frame(np.array([rng.uniform(1, size[0] - 1), rng.uniform(1, size[1] - 1), 0.0]), rng.uniform(0, np.pi))
         col = random_color(rng, (0, 1), (0.2, 0.8), (0.2, 0.8))
-        b.box(f, (0, 0, 0.005), (rng.uniform(1.2, 2.4), rng.uniform(0.8, 1.6), 0.01), FLOOR, b.instance(),
-              make_material(rng, rng.choice(["stripes", "carpet"]), col, random_color(rng), 0.15))
+        b.box(
+            f,
+            (0, 0, 0.005),
+            (rng.uniform(1.2, 2.4), rng.uniform(0.8, 1.6), 0.01),
+            FLOOR,
+            b.instance(),
+            make_material(rng, str(rng.choice(["stripes", "carpet"])), col, random_color(rng), 0.15),
+        )
     lights = _ceiling_lights(b)
     level = rng.uniform(0.7, 1.3)
     return Scene(
@@ -560,7 +724,7 @@ def _ceiling_lights(b: Builder) -> list[Light]:
 def nyud_camera(
     rng: np.random.Generator, scene: Scene, intr: Intrinsics, blocked: list[tuple[np.ndarray, np.ndarray]]
 ) -> Camera:
-    """A hand-held-Kinect-like camera: near a wall, 1.0-1.7 m high, looking across the room and slightly down.
+    """A hand-held-Kinect-like camera: near a wall, 1.0-1.7 m high, looking slightly down, usually at an object.
 
     Args:
         rng: generator.
@@ -580,9 +744,13 @@ def nyud_camera(
             break
     inward = f.rotation @ np.array([0.0, 1.0, 0.0])
     yaw = float(np.arctan2(inward[1], inward[0]) + rng.uniform(-0.7, 0.7))
-    pitch = float(np.deg2rad(rng.uniform(-28.0, -3.0)))
+    pitch = float(np.deg2rad(rng.uniform(-24.0, -2.0)))
+    targets = [o.shape.center for o in scene.objects if o.label not in (CEILING, WALL, WINDOW, PICTURE)]
+    if targets and rng.random() < 0.75:  # people photograph things: aim at an object
+        rel = targets[int(rng.integers(len(targets)))] - pos
+        dist = float(np.hypot(rel[0], rel[1]))
+        if dist > 1.0:
+            yaw = float(np.arctan2(rel[1], rel[0]) + rng.normal(0.0, 0.2))
+            pitch = float(np.clip(np.arctan2(rel[2], dist) + rng.normal(0.0, 0.08), np.deg2rad(-35), 0.0))
     roll = float(np.deg2rad(rng.normal(0.0, 2.0)))
     return Camera(intr, look_rotation(yaw, pitch, roll), pos)
-
-
-_ = (Callable, rotation_x, U)

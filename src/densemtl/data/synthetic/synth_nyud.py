@@ -100,8 +100,16 @@ def _render_and_write(job: _Job) -> ImageStats:
     return ImageStats.of(img.image, img.semseg, len(NYU13_CLASSES), img.depth)
 
 
-def _build(root: Path, train: int, val: int, size: tuple[int, int], seed: int, workers: int, invalid_depth: bool,
-           arguments: dict) -> None:
+def _build(
+    root: Path,
+    train: int,
+    val: int,
+    size: tuple[int, int],
+    seed: int,
+    workers: int,
+    invalid_depth: bool,
+    arguments: dict,
+) -> None:
     names = image_names(train, val)
     stats: dict[str, ImageStats] = {}
     for split, ids in names.items():
@@ -143,6 +151,14 @@ def generate_synth_nyud(
         raise ValueError(f"train and val must be >= 0 with at least one image, got train={train}, val={val}")
     size = parse_size(size)
     arguments = json_arguments(train=train, val=val, size=size, seed=seed, invalid_depth=invalid_depth)
-    build = partial(_build, train=train, val=val, size=size, seed=seed, workers=workers, invalid_depth=invalid_depth,
-                    arguments=arguments)
+    build = partial(
+        _build,
+        train=train,
+        val=val,
+        size=size,
+        seed=seed,
+        workers=workers,
+        invalid_depth=invalid_depth,
+        arguments=arguments,
+    )
     return atomic_dataset(out, "synth-nyud", arguments, build, overwrite=overwrite)

@@ -77,7 +77,7 @@ def make_material(
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown texture family {family!r}; available: {sorted(FAMILIES)}")
-    k = 5
+    k = 3
     dirs = rng.normal(size=(k, 3))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     freq = noise_freq * 2 * np.pi * rng.uniform(0.5, 2.0, size=(k, 1))
@@ -96,7 +96,7 @@ def make_material(
 
 def _noise(m: Material, p: np.ndarray, freq_mult: float = 1.0) -> np.ndarray:
     """Smooth noise in [-1, 1], (N,): a sum of the material's random plane waves."""
-    return np.sin(p @ (m.waves[:, :3].T * freq_mult) + m.waves[:, 3]).mean(axis=1) * 1.6
+    return np.sin(p @ (m.waves[:, :3].T * freq_mult) + m.waves[:, 3]).mean(axis=1) * 1.4
 
 
 def _hash(i: np.ndarray) -> np.ndarray:
@@ -113,7 +113,7 @@ def _plain(m: Material, p: np.ndarray) -> np.ndarray:
 
 
 def _plaster(m: Material, p: np.ndarray) -> np.ndarray:
-    return m.color * (1.0 + 0.04 * _noise(m, p, 0.5) + 0.02 * _noise(m, p, 8.0))[:, None]
+    return m.color * (1.0 + 0.05 * _noise(m, p, 0.5))[:, None]
 
 
 def _stripes(m: Material, p: np.ndarray) -> np.ndarray:
@@ -179,6 +179,18 @@ def _book(m: Material, p: np.ndarray) -> np.ndarray:
     return col
 
 
+def _bookrow(m: Material, p: np.ndarray) -> np.ndarray:
+    """A block of books ``scale`` wide each, side by side along local x, each with its own colour."""
+    cell = (p[:, 0] + m.extent[0]) / m.scale
+    idx = np.floor(cell)
+    col = _mix(m.color, m.color2, _hash(idx)) * (0.55 + 0.9 * _hash(idx * 7.31 + 2.0))[:, None]
+    col = np.roll(col, 1, axis=1) * (_hash(idx * 3.7) < 0.3)[:, None] + col * (_hash(idx * 3.7) >= 0.3)[:, None]
+    z = p[:, 2] / m.extent[2]
+    col[(z > 0.7) & (z < 0.78)] *= 0.4
+    col[np.mod(cell, 1.0) < 0.07] *= 0.3
+    return col
+
+
 def _border(m: Material, p: np.ndarray, width: float) -> np.ndarray:
     """True near the outline of the (x, z) face of a thin box (frames of pictures, windows, screens)."""
     return (np.abs(p[:, 0]) > m.extent[0] - width) | (np.abs(p[:, 2]) > m.extent[2] - width)
@@ -231,6 +243,7 @@ FAMILIES: dict[str, Callable[[Material, np.ndarray], np.ndarray]] = {
     "carpet": _carpet,
     "fabric": _fabric,
     "book": _book,
+    "bookrow": _bookrow,
     "picture": _picture,
     "screen": _screen,
     "window": _window,
