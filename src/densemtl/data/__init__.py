@@ -3,6 +3,7 @@
 from densemtl.data import (
     nyud,  # noqa: F401  (registers nyud, nyud-mt, nyuv2-13)
     pascal,  # noqa: F401  (registers pascal)
+    synthetic,  # noqa: F401  (registers synth-nyud, synth-pascal)
 )
 from densemtl.data.base import DATASETS, DatasetNotFoundError, MultiTaskDataset, register_dataset
 
