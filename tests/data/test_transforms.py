@@ -516,3 +516,17 @@ def test_resize_back_hand_values():
     torch.testing.assert_close(
         resize_back({"normals": normals}, (3, 3))["normals"][0, :, 1, 1], torch.tensor([0.6, 0.0, 0.8])
     )
+
+
+def test_fused_flip_equals_crop_then_flip():
+    sample = make_sample(30, 40)
+    fused = RandomScaleCrop((24, 28), flip=1.0)
+    crop, flip = RandomScaleCrop((24, 28)), RandomHorizontalFlip(1.0)
+    for seed in range(4):
+        a = fused(sample, torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed)
+        b = flip(crop(sample, g), g)
+        for key in ("image", *TARGET_KEYS):
+            assert torch.equal(a[key], b[key]), key
+        assert a["meta"] == b["meta"]
+    assert build_transform("invpt", train=True).transforms[0].flip == 0.5

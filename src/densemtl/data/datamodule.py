@@ -12,6 +12,7 @@ construction (they come from the reader's class attributes), before ``setup``.
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import random
 from functools import partial
@@ -28,7 +29,7 @@ from densemtl.data.base import DATASETS, MultiTaskDataset, Sample
 from densemtl.data.transforms import PRESETS, Compose, build_transform, resolve_normalization
 from densemtl.tasks import TASKS, check_tasks
 
-__all__ = ["IMAGE_SUFFIXES", "ImageFolder", "MultiTaskDataModule", "collate", "seed_worker"]
+__all__ = ["IMAGE_SUFFIXES", "ImageFolder", "MultiTaskDataModule", "collate", "keep_freed_memory", "seed_worker"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -70,14 +71,34 @@ def _mix_seed(seed: int, rank: int) -> int:
     return (int(seed) * 6364136223846793005 + 1442695040888963407 * (int(rank) + 1)) % 2**63
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed large buffers in the heap instead of returning them to the system.
+
+    Transforms allocate and free several MB per sample; by default glibc unmaps such buffers on free, so
+    every new one is page-faulted in again (about 2,300 faults, a third of the transform time, per NYUD
+    sample). Raising ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` keeps them; the process then holds
+    its peak heap. Returns False where glibc's ``mallopt`` is not available (nothing changes).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
+
+
 def seed_worker(worker_id: int, rank: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: one torch thread; torch, numpy, ``random`` and the transform reseeded.
+    """DataLoader ``worker_init_fn``: one torch thread, :func:`keep_freed_memory`, and torch, numpy,
+    ``random`` and the transform reseeded.
 
     PyTorch seeds each worker's torch generator with ``base_seed + worker_id`` (``base_seed`` drawn from
     the loader's generator, or the global one, when iteration starts); the rank is mixed in here so that
     distributed ranks seeded alike still augment differently.
     """
     torch.set_num_threads(1)
+    keep_freed_memory()
     seed = _mix_seed(torch.initial_seed(), rank)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)

@@ -1,0 +1,156 @@
+"""Loading speed of the ``invpt`` training pipeline on an NYUD-v2 ``nyud`` (ATRC) layout at 425x560.
+
+Writes (once) a small dataset with realistic content (smooth textured images that compress like photos,
+piecewise labels, depth 0.5-10 m, normals from the depth, label edges) with the ``nyud`` writer, then
+measures samples/s, reading from disk included:
+
+* ``read``: the reader alone (PNG/npy decoding and conversion);
+* ``transform``: the ``invpt`` training preset alone, on samples held in memory;
+* ``in-process``: reader + preset, one torch thread, no DataLoader;
+* ``loader, N workers``: a DataLoader (``MultiTaskDataModule``) with N workers, batch 8, after start-up.
+
+Usage: ``python benchmarks/bench_loading.py [--root DIR] [--samples 32] [--seconds 10] [--profile] [--smoke]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from densemtl.data.datamodule import MultiTaskDataModule, keep_freed_memory
+from densemtl.data.nyud import NYUD, write_nyud_sample, write_split
+from densemtl.data.transforms import build_transform
+
+SIZE = (425, 560)
+
+
+def synth_frame(rng: np.random.Generator, size: tuple[int, int] = SIZE) -> dict[str, np.ndarray]:
+    """One frame: Voronoi label regions, planar depth per region, normals from depth, textured image."""
+    h, w = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    seeds = rng.uniform((0, 0), (h, w), size=(14, 2)).astype(np.float32)
+    dist = (y[None] - seeds[:, 0, None, None]) ** 2 + (x[None] - seeds[:, 1, None, None]) ** 2
+    region = dist.argmin(0)
+    classes = rng.integers(0, 40, size=14)
+    semseg = classes[region].astype(np.int64)
+    semseg[rng.random((h, w)) < 0.02] = 255
+    # planar depth per region: d = a + b x + c y, clipped to 0.5..10 m, a few invalid holes
+    coef = rng.uniform((1.0, -0.004, -0.004), (8.0, 0.004, 0.004), size=(14, 3)).astype(np.float32)
+    depth = np.clip(coef[region, 0] + coef[region, 1] * x + coef[region, 2] * y, 0.5, 10.0)
+    depth[(x - w * 0.8) ** 2 + (y - h * 0.2) ** 2 < 300] = 0.0
+    gy, gx = np.gradient(depth)
+    normals = np.stack([-gx * 50, -gy * 50, -np.ones_like(depth)], -1)
+    normals += rng.normal(0, 0.03, normals.shape)  # sensor noise: real normal PNGs compress like photos
+    normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+    edge = np.zeros((h, w), np.uint8)
+    edge[:, 1:] |= region[:, 1:] != region[:, :-1]
+    edge[1:, :] |= region[1:, :] != region[:-1, :]
+    base = rng.uniform(40, 220, size=(14, 3)).astype(np.float32)[region]
+    shade = 20 * np.sin(x / rng.uniform(5, 40) + y / rng.uniform(5, 40))[..., None]
+    image = np.clip(base + shade + rng.normal(0, 2.5, (h, w, 3)), 0, 255).astype(np.uint8)
+    return {"image": image, "semseg": semseg, "depth": depth, "normals": normals, "edge": edge}
+
+
+def ensure_dataset(root: Path, samples: int, seed: int = 0) -> Path:
+    """Write ``samples`` frames (split ``train``) into ``root`` unless its split file already lists them."""
+    split = root / "gt_sets" / "train.txt"
+    names = [f"{i:04d}" for i in range(samples)]
+    if split.is_file() and split.read_text().split() == names and (root / "gt_sets" / "bench-v2").is_file():
+        return root
+    rng = np.random.default_rng(seed)
+    for name in names:
+        write_nyud_sample(root, name, **synth_frame(rng))
+    write_split(root, "train", names)
+    write_split(root, "val", names[:2])
+    (root / "gt_sets" / "bench-v2").write_text("content version of this benchmark\n")
+    return root
+
+
+def rate(fn, seconds: float, min_calls: int = 3) -> float:
+    """Calls per second of ``fn()`` over about ``seconds`` (at least ``min_calls`` calls)."""
+    fn()  # warm-up
+    calls, start = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    return calls / (time.perf_counter() - start)
+
+
+def loader_rate(root: Path, workers: int, seconds: float, batch_size: int = 8) -> float:
+    """Samples per second through the DataModule's training loader, after the first batch."""
+    dm = MultiTaskDataModule("nyud", root=str(root), preset="invpt", batch_size=batch_size, num_workers=workers, seed=0)
+    loader = dm.train_dataloader()
+    it = iter(loader)
+    next(it)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or count < 2 * batch_size:
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            continue
+        count += len(batch["meta"])
+    return count / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=None, help="dataset folder (written once; default: a temp folder)")
+    parser.add_argument("--samples", type=int, default=32, help="frames to write")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measuring time per figure")
+    parser.add_argument("--workers", type=int, nargs="*", default=[1], help="DataLoader worker counts to measure")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of the in-process pipeline")
+    parser.add_argument("--smoke", action="store_true", help="tiny quick run")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.samples, args.seconds = min(args.samples, 8), 0.5
+
+    torch.set_num_threads(1)
+    keep_freed_memory()  # as DataLoader workers do (seed_worker)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = ensure_dataset(args.root or Path(tmp) / "NYUDv2", args.samples)
+        reader = NYUD(root, "train")
+        transform = build_transform("invpt", train=True, family="nyud")
+        torch.manual_seed(0)
+        loaded = [reader.load(i) for i in range(min(len(reader), 8))]
+        index = iter(range(10**9))
+
+        def read() -> None:
+            reader.load(next(index) % len(reader))
+
+        def trans() -> None:
+            transform(loaded[next(index) % len(loaded)])
+
+        def both() -> None:
+            transform(reader.load(next(index) % len(reader)))
+
+        rows = [
+            ("read (nyud reader)", rate(read, args.seconds)),
+            ("transform (invpt train)", rate(trans, args.seconds)),
+            ("in-process read + transform", rate(both, args.seconds)),
+        ]
+        for workers in args.workers:
+            rows.append((f"DataLoader, {workers} worker(s), batch 8", loader_rate(root, workers, args.seconds)))
+
+        print(f"invpt train preset, NYUD 'nyud' layout {SIZE[0]}x{SIZE[1]} -> 448x576, torch threads = 1")
+        print(f"{'measure':42s} {'samples/s':>10s} {'ms/sample':>10s}")
+        for name, value in rows:
+            print(f"{name:42s} {value:10.1f} {1000 / value:10.2f}")
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(40 if not args.smoke else 4):
+                both()
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+
+
+if __name__ == "__main__":
+    main()
