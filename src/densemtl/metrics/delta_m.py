@@ -156,6 +156,8 @@ def get_reference(name: str | None, family: str = "", table: Mapping[str, Any] |
             raise MissingReferenceError(
                 f"no STL reference named and no default for dataset family {family!r}; name one of {_available(table)}"
             )
+        if "/" not in name:  # a default may name the entry within its family
+            name = f"{family}/{name}"
     fam, _, entry_name = name.partition("/")
     entry = (table["references"].get(fam) or {}).get(entry_name) if entry_name else None
     if entry is None:
