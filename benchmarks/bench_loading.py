@@ -9,6 +9,9 @@ measures samples/s, reading from disk included:
 * ``in-process``: reader + preset, one torch thread, no DataLoader;
 * ``loader, N workers``: a DataLoader (``MultiTaskDataModule``) with N workers, batch 8, after start-up.
 
+Each figure is given per wall-clock second and per CPU second of the process doing the work (the
+workers for a DataLoader): on a shared machine the second tells what one free core would do.
+
 Usage: ``python benchmarks/bench_loading.py [--root DIR] [--samples 32] [--seconds 10] [--profile] [--smoke]``.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import tempfile
 import time
@@ -73,31 +77,47 @@ def ensure_dataset(root: Path, samples: int, seed: int = 0) -> Path:
     return root
 
 
-def rate(fn, seconds: float, min_calls: int = 3) -> float:
-    """Calls per second of ``fn()`` over about ``seconds`` (at least ``min_calls`` calls)."""
+def rate(fn, seconds: float, min_calls: int = 3) -> tuple[float, float]:
+    """(calls per wall second, calls per CPU second of this process) of ``fn()`` over about ``seconds``."""
     fn()  # warm-up
-    calls, start = 0, time.perf_counter()
+    calls, start, cpu = 0, time.perf_counter(), time.process_time()
     while calls < min_calls or time.perf_counter() - start < seconds:
         fn()
         calls += 1
-    return calls / (time.perf_counter() - start)
+    return calls / (time.perf_counter() - start), calls / (time.process_time() - cpu)
 
 
-def loader_rate(root: Path, workers: int, seconds: float, batch_size: int = 8) -> float:
-    """Samples per second through the DataModule's training loader, after the first batch."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def loader_rate(root: Path, workers: int, seconds: float, batch_size: int = 8) -> tuple[float, float]:
+    """(samples per wall second, samples per CPU second of the workers) through the DataModule's
+    training loader, after the first batch (in-process CPU time when ``workers`` is 0)."""
     dm = MultiTaskDataModule("nyud", root=str(root), preset="invpt", batch_size=batch_size, num_workers=workers, seed=0)
     loader = dm.train_dataloader()
     it = iter(loader)
     next(it)
-    count, start = 0, time.perf_counter()
+    pids = [w.pid for w in getattr(it, "_workers", [])]
+
+    def cpu() -> float:
+        return sum(_cpu_seconds(p) for p in pids) if pids else time.process_time()
+
+    count, start, cpu0 = 0, time.perf_counter(), cpu()
     while time.perf_counter() - start < seconds or count < 2 * batch_size:
         try:
             batch = next(it)
-        except StopIteration:
+        except StopIteration:  # persistent workers: a new epoch reuses them
             it = iter(loader)
             continue
         count += len(batch["meta"])
-    return count / (time.perf_counter() - start)
+    wall, used = time.perf_counter() - start, cpu() - cpu0
+    return count / wall, count / used if used > 0 else float("nan")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -139,10 +159,12 @@ def main(argv: list[str] | None = None) -> None:
         for workers in args.workers:
             rows.append((f"DataLoader, {workers} worker(s), batch 8", loader_rate(root, workers, args.seconds)))
 
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"invpt train preset, NYUD 'nyud' layout {SIZE[0]}x{SIZE[1]} -> 448x576, torch threads = 1")
-        print(f"{'measure':42s} {'samples/s':>10s} {'ms/sample':>10s}")
-        for name, value in rows:
-            print(f"{name:42s} {value:10.1f} {1000 / value:10.2f}")
+        print(f"machine: {os.cpu_count()} CPUs, load average {load:.2f} (figures per CPU second are less sensitive)")
+        print(f"{'measure':42s} {'samples/s':>10s} {'ms/sample':>10s} {'per CPU s':>10s}")
+        for name, (wall, per_cpu) in rows:
+            print(f"{name:42s} {wall:10.1f} {1000 / wall:10.2f} {per_cpu:10.1f}")
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()

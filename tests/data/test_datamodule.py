@@ -185,3 +185,37 @@ def test_synthetic_dataset_generated_once(tmp_path, monkeypatch):
     assert batch["image"].shape == (2, 3, 24, 32)
     with pytest.raises(ValueError, match=r"available: .*'synth-fake'"):
         MultiTaskDataModule("synth-other", root=str(tmp_path))
+
+
+def test_seed_worker_mixes_rank_and_reseeds_transform(monkeypatch, nyud_root):
+    dm = MultiTaskDataModule("nyud", root=str(nyud_root), tasks=["semseg"], preset="invpt", train_size=(24, 32), seed=0)
+    dm.setup("fit")
+    dataset = dm.datasets["train"]
+    dataset.transform.reseed(0)
+
+    class Info:
+        pass
+
+    info = Info()
+    info.dataset = dataset
+    monkeypatch.setattr(dm_module, "get_worker_info", lambda: info)
+    monkeypatch.setattr(dm_module, "keep_freed_memory", lambda: True)
+    images = []
+    for rank in (0, 1, 0):
+        torch.manual_seed(7)  # what PyTorch does in a worker: base_seed + worker_id
+        dm_module.seed_worker(0, rank=rank)
+        images.append(dataset[0]["image"])
+    torch.set_num_threads(2)
+    assert torch.equal(images[0], images[2]) and not torch.equal(images[0], images[1])
+
+
+def test_init_signature_is_jsonargparse_friendly(tmp_path):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(MultiTaskDataModule, "data")
+    cfg = parser.parse_args(
+        ["--data.dataset=nyud", f"--data.root={tmp_path}", "--data.tasks=[semseg,depth]", "--data.train_size=[24,32]"]
+    )
+    dm = MultiTaskDataModule(**cfg.data.as_dict())
+    assert dm.tasks == ("semseg", "depth") and dm.train_size == (24, 32)
