@@ -219,3 +219,25 @@ def test_init_signature_is_jsonargparse_friendly(tmp_path):
     )
     dm = MultiTaskDataModule(**cfg.data.as_dict())
     assert dm.tasks == ("semseg", "depth") and dm.train_size == (24, 32)
+
+
+@pytest.mark.parametrize("name,family", [("synth-nyud", "nyud"), ("synth-pascal", "pascal")])
+def test_real_synthetic_datasets_end_to_end(tmp_path, name, family):
+    gen = {"train": 2, "val": 1, "size": (24, 32)}
+    dm = MultiTaskDataModule(
+        name, root=str(tmp_path / name), preset="invpt", train_size=(32, 40), batch_size=2, generate=gen
+    )
+    assert dm.family == family and "semseg" in dm.num_classes
+    if family == "pascal":
+        assert dm.num_classes == {"semseg": 21, "human_parts": 7}
+    dm.prepare_data()
+    dm.prepare_data()  # finished dataset with the same arguments: reused
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 32, 40)
+    for task in dm.tasks:
+        assert batch[task].shape[0] == 2 and batch[task].shape[-2:] == (32, 40), task
+        if task in dm.num_classes:
+            assert batch[task].dtype == torch.int64
+            assert set(torch.unique(batch[task]).tolist()) <= set(range(dm.num_classes[task])) | {255}
+    val = next(iter(dm.val_dataloader()))
+    assert val["meta"][0]["size"] == (24, 32) and val["meta"][0]["valid_box"] == (4, 4, 24, 32)

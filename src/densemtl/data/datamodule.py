@@ -155,7 +155,8 @@ class MultiTaskDataModule(LightningDataModule):
     Args:
         dataset: a reader name in ``densemtl.data.DATASETS`` (``nyud``, ``nyud-mt``, ``nyuv2-13``,
             ``pascal``) or a synthetic dataset name (``synth-nyud``, ``synth-pascal``, ...).
-        root: dataset folder; for a synthetic dataset, the folder it is generated into.
+        root: dataset folder; for a synthetic dataset, the folder it is generated into (once, by
+            ``prepare_data``; an existing one made with the same ``generate`` arguments is reused).
         tasks: tasks to load (default: all the dataset provides).
         preset: transform preset (``invpt``, ``mtinet``, ``mtan``, ``autolambda``, ``ctal_cnn``, ``none``).
         train_size: (height, width) of the training crop/pad/resize; None: the preset's default.
@@ -266,12 +267,13 @@ class MultiTaskDataModule(LightningDataModule):
 
     @staticmethod
     def _resolve_synthetic(dataset: str) -> Any:
-        if dataset in DATASETS:
-            return None
+        """The synthetic spec of ``dataset`` (checked first: its reader shares the name), or None."""
         synthetic = _synthetic_registry()
         if dataset in synthetic:
             return synthetic[dataset]
-        raise ValueError(f"unknown dataset {dataset!r}; available: {sorted([*DATASETS.names(), *synthetic])}")
+        if dataset in DATASETS:
+            return None
+        raise ValueError(f"unknown dataset {dataset!r}; available: {sorted({*DATASETS.names(), *synthetic})}")
 
     def transform(self, stage: str) -> Compose:
         """The pipeline of a stage: ``train`` augments; ``val``/``test``/``predict`` evaluate."""
