@@ -31,9 +31,16 @@ scores), or, batched, with :func:`resize_back`.
 64-bit seed per sample, from its own generator when :meth:`Compose.reseed` was called, else from torch's
 global generator, and seeds a fresh generator with it for that sample. Torch's global generator is seeded
 by ``seed_everything`` in the main process and, in each DataLoader worker, by PyTorch itself with
-``base_seed + worker_id`` (``base_seed`` is drawn from the main process's generator when the iterator
-starts). Results are therefore reproducible under ``seed_everything`` and differ across workers and
-epochs. :func:`densemtl.data.datamodule.seed_worker` also mixes the distributed rank in.
+``base_seed + worker_id`` (``base_seed`` is drawn from the loader's or the main process's generator when
+the iterator starts). :class:`~densemtl.data.datamodule.MultiTaskDataModule` reseeds its training
+pipeline from its ``seed`` (or ``torch.initial_seed()``) and the distributed rank, and its
+``worker_init_fn`` (:func:`~densemtl.data.datamodule.seed_worker`) reseeds each worker's copy from the
+worker seed and the rank. Results are therefore reproducible under ``seed_everything`` (or ``seed``) and
+differ across workers, ranks and epochs; they do depend on the number of workers.
+
+**Speed.** Scale + crop computes only the cropped window, with one flat ``torch.gather`` per key (no
+full-size resize); the InvPT flip is fused into the same gather; the HSV colour operations avoid
+``torch.where``/``argmax`` (slow on CPU). See ``benchmarks/bench_loading.py``.
 
 **Presets** (:data:`PRESETS`, :func:`build_transform`): ``invpt`` (§3.1), ``mtinet`` (§3.2), ``mtan`` and
 ``autolambda`` (§3.3), ``ctal_cnn`` (§3.4) and ``none`` (normalisation only).
@@ -57,6 +64,7 @@ __all__ = [
     "IMAGENET_STD",
     "NORMALIZATIONS",
     "PRESETS",
+    "PRESET_NORMALIZATION",
     "CentredPad",
     "Compose",
     "Normalize",
@@ -67,8 +75,11 @@ __all__ = [
     "RandomScaleCrop",
     "Resize",
     "Transform",
+    "affine",
     "build_transform",
+    "hflip",
     "photometric",
+    "register_preset",
     "resize_back",
     "resolve_normalization",
     "restore_predictions",
