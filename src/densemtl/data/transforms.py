@@ -414,15 +414,16 @@ class RandomScaleCrop(Transform):
         for _ in range(self.attempts if check else 1):
             top, left, ch, cw = self._window(g, (Hs, Ws))
             rows, cols = _nearest_index(H, Hs, top, ch), _nearest_index(W, Ws, left, cw)
+            flat = _flat_index(rows, cols, W)
             if not check:
                 break
-            cached = _take(sample["semseg"], _flat_index(rows, cols, W), (ch, cw))
+            cached = _take(sample["semseg"], flat, (ch, cw))
             if self._balanced(cached):
                 break
         flip = self.flip > 0 and _coin(g, self.flip)
         if flip:  # mirror the window: reversed output columns; the check above is mirror-invariant
             cols, cached = cols.flip(0), cached.flip(-1) if cached is not None else None
-        flat = _flat_index(rows, cols, W)
+            flat = _flat_index(rows, cols, W)
         lin_rows = lin_cols = None
         out: Sample = {}
         for key, value in sample.items():
@@ -443,7 +444,7 @@ class RandomScaleCrop(Transform):
             else:
                 y = _take(value, flat, (ch, cw))
             if kind == "depth":
-                y = y / s
+                y = y.div_(s) if y.is_floating_point() else y / s
             elif kind == "normals" and flip:
                 y[0].neg_()
             out[key] = y
