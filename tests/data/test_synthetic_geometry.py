@@ -115,3 +115,27 @@ def test_nyu_intrinsics_and_z_depth_rays():
     np.testing.assert_allclose(r.T @ r, np.eye(3), atol=1e-12)
     assert np.linalg.det(r) == pytest.approx(1.0)
     assert r[2, 1] < 0  # image "down" points down in the world for a small roll
+
+
+def test_query_many_matches_single_queries():
+    from densemtl.data.synthetic.raycast import query_many
+
+    rng = np.random.default_rng(3)
+    dirs = rng.normal(size=(5000, 3))
+    bins = DirectionIndex(ORIGIN, dirs)
+    centres = rng.normal(size=(30, 3)) * 3
+    centres[0] = [0.1, 0, 0]  # the origin lies inside this one
+    radii = rng.uniform(0.05, 1.5, 30)
+    many = query_many(bins, centres, radii)
+    unit = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    for c, r, got in zip(centres, radii, many):
+        dist = np.linalg.norm(c)
+        if dist <= r:
+            assert len(got) == len(dirs)
+            continue
+        cos = unit @ (c / dist)
+        half = np.arcsin(r / dist)
+        must = set(np.flatnonzero(cos >= np.cos(half)).tolist())  # rays that pass within r
+        may = set(np.flatnonzero(cos >= np.cos(half * 1.01 + 1e-3)).tolist())  # a slightly wider cone
+        assert must <= set(got.tolist()) <= may
+        assert len(got) == len(set(got.tolist()))  # no duplicates

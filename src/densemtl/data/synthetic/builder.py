@@ -87,6 +87,7 @@ class Builder:
 
     def __post_init__(self) -> None:
         self._next = self.first_instance
+        self._stacked: np.ndarray | None = None
 
     def instance(self) -> int:
         """A new instance id."""
@@ -155,8 +156,20 @@ class Builder:
         lo, hi = bounds
         if np.any(lo < -1e-6) or np.any(hi > self.size + 1e-6):
             return False
-        return not any(np.all(lo < hi2 + margin) and np.all(hi > lo2 - margin) for lo2, hi2 in self.boxes)
+        if not self.boxes:
+            return True
+        if self._stacked is None:
+            self._stacked = np.asarray(self.boxes)  # (K, 2, 3), rebuilt only after changes
+        both = self._stacked
+        overlap = ((lo < both[:, 1] + margin) & (hi > both[:, 0] - margin)).all(axis=1)
+        return not overlap.any()
 
     def reserve(self, bounds: np.ndarray) -> None:
         """Mark a world volume (2, 3) as occupied."""
         self.boxes.append((bounds[0].copy(), bounds[1].copy()))
+        self._stacked = None
+
+    def release_last(self) -> None:
+        """Forget the most recently reserved volume."""
+        self.boxes.pop()
+        self._stacked = None

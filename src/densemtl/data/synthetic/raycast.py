@@ -16,7 +16,7 @@ import numpy as np
 
 from densemtl.data.synthetic.geometry import Shape
 
-__all__ = ["DirectionIndex", "closest_hit", "group_shapes", "occluded"]
+__all__ = ["DirectionIndex", "closest_hit", "group_shapes", "occluded", "query_many"]
 
 
 class DirectionIndex:
@@ -33,6 +33,7 @@ class DirectionIndex:
         self.origin = np.asarray(origin, dtype=np.float64)
         norm = np.sqrt(np.einsum("ij,ij->i", dirs, dirs))
         self.unit = dirs / np.maximum(norm, 1e-12)[:, None]
+        self.unit32 = self.unit.astype(np.float32)
         self.n_el, self.n_az = n_el, n_az
         az = np.arctan2(self.unit[:, 1], self.unit[:, 0])
         el = np.arcsin(np.clip(self.unit[:, 2], -1.0, 1.0))
@@ -88,6 +89,77 @@ class DirectionIndex:
         return cand[cos >= np.cos(half) - 1e-6]
 
 
+def _multi_arange(lo: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(lo[i], lo[i] + lens[i])`` for all i, without a Python loop."""
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.arange(total) + np.repeat(lo - (np.cumsum(lens) - lens), lens)
+
+
+def query_many(bins: DirectionIndex, centres: np.ndarray, radii: np.ndarray) -> list[np.ndarray]:
+    """:meth:`DirectionIndex.query` for many spheres at once (vectorised over spheres).
+
+    Args:
+        bins: the bucketed rays.
+        centres: (G, 3) sphere centres.
+        radii: (G,) sphere radii.
+
+    Returns:
+        For each sphere, the indices of the rays that may pass within its radius (conservative).
+    """
+    g_count = len(centres)
+    n_el, n_az = bins.n_el, bins.n_az
+    rel = centres - bins.origin
+    dist = np.sqrt((rel * rel).sum(1))
+    radii = radii * 1.001 + 1e-4
+    inside = dist <= radii
+    safe = np.where(inside, 1.0, dist)
+    axis = rel / safe[:, None]
+    half = np.arcsin(np.clip(radii / safe, 0.0, 1.0))
+    el = np.arcsin(np.clip(axis[:, 2], -1.0, 1.0))
+    el_lo, el_hi = el - half, el + half
+    row0 = np.clip(((el_lo + np.pi / 2) / np.pi * n_el).astype(np.int64), 0, n_el - 1)
+    row1 = np.clip(((el_hi + np.pi / 2) / np.pi * n_el).astype(np.int64), 0, n_el - 1)
+    pole = (el_lo <= -np.pi / 2) | (el_hi >= np.pi / 2)
+    cos_el = np.where(pole, 0.0, np.minimum(np.cos(el_lo), np.cos(el_hi)))
+    full = pole | (cos_el <= np.sin(half) + 1e-9)
+    daz = np.arcsin(np.clip(np.sin(half) / np.where(full, 1.0, cos_el), 0.0, 1.0))
+    az = np.arctan2(axis[:, 1], axis[:, 0])
+    lo = np.floor((az - daz + np.pi) / (2 * np.pi) * n_az).astype(np.int64)
+    hi = np.floor((az + daz + np.pi) / (2 * np.pi) * n_az).astype(np.int64)
+    full |= hi - lo >= n_az - 1
+    # up to two azimuth spans per sphere (wrapping around +-180 degrees)
+    a0 = np.where(full, 0, np.where(lo < 0, 0, lo))
+    a1 = np.where(full, n_az - 1, np.where(lo < 0, hi, np.where(hi >= n_az, n_az - 1, hi)))
+    second = ~full & ((lo < 0) | (hi >= n_az))
+    b0 = np.where(lo < 0, lo + n_az, 0)
+    b1 = np.where(lo < 0, n_az - 1, hi - n_az)
+    keep = ~inside
+    span_g = np.concatenate([np.flatnonzero(keep), np.flatnonzero(keep & second)])
+    span_a0 = np.concatenate([a0[keep], b0[keep & second]])
+    span_a1 = np.concatenate([a1[keep], b1[keep & second]])
+    nrows = np.maximum(row1[span_g] - row0[span_g] + 1, 0)
+    seg_g = np.repeat(span_g, nrows)
+    seg_r = np.repeat(row0[span_g], nrows) + _multi_arange(np.zeros(len(nrows), dtype=np.int64), nrows)
+    seg_lo = bins.starts[seg_r * n_az + np.repeat(span_a0, nrows)]
+    seg_hi = bins.starts[seg_r * n_az + np.repeat(span_a1, nrows) + 1]
+    lens = seg_hi - seg_lo
+    cand = bins.order[_multi_arange(seg_lo, lens)]
+    cand_g = np.repeat(seg_g, lens)
+    u = bins.unit32[cand]
+    ax = axis.astype(np.float32)[cand_g]
+    cos = u[:, 0] * ax[:, 0] + u[:, 1] * ax[:, 1] + u[:, 2] * ax[:, 2]
+    ok = cos >= (np.cos(half) - 1e-5).astype(np.float32)[cand_g]
+    cand, cand_g = cand[ok], cand_g[ok]
+    order = np.argsort(cand_g, kind="stable")
+    out = np.split(cand[order], np.cumsum(np.bincount(cand_g, minlength=g_count))[:-1])
+    everything = np.arange(len(bins.unit))
+    for g in np.flatnonzero(inside):
+        out[g] = everything
+    return out
+
+
 def group_shapes(shapes: Sequence[Shape], keys: Sequence[int]) -> list[tuple[np.ndarray, float, np.ndarray]]:
     """Bounding spheres of groups of shapes (e.g. the primitives of one object instance).
 
@@ -127,8 +199,11 @@ def _candidates(bins: DirectionIndex, shapes: Sequence[Shape], groups):
     """(shape index, candidate rays) for every shape that some ray may hit, group by group."""
     if groups is None:
         groups = [(s.center, s.bound_radius, np.array([k])) for k, s in enumerate(shapes)]
-    for centre, radius, idx in groups:
-        rays = bins.query(centre, radius)
+    if not groups:
+        return
+    centres = np.stack([g[0] for g in groups])
+    radii = np.array([g[1] for g in groups], dtype=np.float64)
+    for (_, _, idx), rays in zip(groups, query_many(bins, centres, radii)):
         if rays.size == 0:
             continue
         for k in idx:

@@ -118,6 +118,7 @@ def render(
     brightness: float = 0.48,
     noise_sigma: float = 0.01,
     shadows: bool = True,
+    group: bool = False,
 ) -> Render:
     """Ray cast ``scene`` from ``camera``.
 
@@ -128,6 +129,7 @@ def render(
         brightness: target mean of the display image in [0, 1].
         noise_sigma: sensor noise at mid grey in [0, 1] units.
         shadows: trace shadow rays.
+        group: cull whole objects before their primitives (``raycast.group_shapes``).
     """
     height, width = camera.intr.height, camera.intr.width
     origin = np.asarray(camera.position, dtype=np.float64)
@@ -136,7 +138,7 @@ def render(
     index = np.full(len(dirs), -1, dtype=np.int64)
     normals = ROOM_FACE_NORMALS[face]
     shapes = [o.shape for o in scene.objects]
-    groups = group_shapes(shapes, [o.instance for o in scene.objects])
+    groups = group_shapes(shapes, [o.instance for o in scene.objects]) if group else None
     closest_hit(shapes, origin, dirs, t, index, normals, groups)
 
     n_obj = len(scene.objects)

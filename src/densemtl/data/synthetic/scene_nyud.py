@@ -205,7 +205,7 @@ def bookshelf(b: Builder, f: Frame, w: float, d: float) -> None:
         z0 = i * gap + t
         x = -w / 2 + t + 0.01
         while x < w / 2 - t - 0.05:
-            if rng.random() < 0.2:  # a gap or an object
+            if rng.random() < 0.4:  # a gap or an object
                 if rng.random() < 0.5 and x < w / 2 - 0.2:
                     _small_object(b, f.moved((x + 0.08, 0, z0)))
                 x += rng.uniform(0.1, 0.25)
@@ -430,7 +430,7 @@ def window(b: Builder) -> None:
 
 def picture(b: Builder) -> None:
     rng, H = b.rng, b.size[2]
-    w, h = rng.uniform(0.25, 1.2), rng.uniform(0.25, 0.9)
+    w, h = rng.uniform(0.3, 1.4), rng.uniform(0.3, 1.0)
     z = rng.uniform(1.2, max(1.25, min(1.9, H - 0.2 - h / 2)))
     t = rng.uniform(0.015, 0.04)
     if (f := _mount(b, w, h, t, z)) is None:
@@ -546,7 +546,7 @@ def _place_dining(b: Builder) -> None:
     w, d = b.rng.uniform(1.2, 2.0), b.rng.uniform(0.8, 1.0)
     if (f := _place_free(b, w + 1.0, d + 1.0, 0.8)) is not None:
         table(b, f, w, d, 0.75)
-        b.boxes.pop()
+        b.release_last()
         b.reserve(b.aabb(f, (0, 0, 0.4), (w, d, 0.8)))
         _chairs_around(b, f, w, d, int(b.rng.integers(2, 7)))
 
@@ -667,20 +667,30 @@ def make_nyud_scene(rng: np.random.Generator) -> Scene:
     Returns:
         A :class:`Scene` with labels in NYUv2-13 order (:data:`NYU13_CLASSES`).
     """
-    size = np.array([rng.uniform(3.0, 6.0), rng.uniform(3.5, 7.0), rng.uniform(2.4, 3.0)])
+    size = np.array([rng.uniform(3.0, 5.8), rng.uniform(3.5, 6.8), rng.uniform(2.4, 3.0)])
     b = Builder(rng, size)
     room_type = str(rng.choice(list(ROOM_TYPES)))
     plan = ["door"] * int(rng.random() < 0.5) + ["window"] * int(rng.integers(0, 3))
     plan += [k for k, p in ROOM_TYPES[room_type] if rng.random() < p]
-    plan += [
-        str(k)
-        for k in rng.choice(
-            ["bookshelf", "chair", "cabinet", "side_table", "armchair", "desk", "dresser", "floor_object"],
-            size=int(rng.integers(1, 5)),
-        )
+    extras = [
+        "bookshelf",
+        "chair",
+        "cabinet",
+        "side_table",
+        "armchair",
+        "desk",
+        "dresser",
+        "wardrobe",
+        "counter",
+        "sideboard",
+        "floor_object",
+        "bed",
+        "sofa",
+        "tv_stand",
     ]
-    plan += ["picture"] * int(rng.integers(0, 4)) + ["wall_tv"] * int(rng.random() < 0.12)
-    plan += ["wall_objects"] * int(rng.integers(0, 3)) + ["floor_object"] * int(rng.integers(2, 9))
+    plan += [str(k) for k in rng.choice(extras, size=int(rng.integers(2, 7)))]
+    plan += ["picture"] * int(rng.integers(0, 5)) + ["wall_tv"] * int(rng.random() < 0.12)
+    plan += ["wall_objects"] * int(rng.integers(1, 4)) + ["floor_object"] * int(rng.integers(4, 13))
     for kind in plan:
         PLACERS[kind](b)
     if rng.random() < 0.3:  # rug: floor class, its own instance
@@ -710,7 +720,7 @@ def make_nyud_scene(rng: np.random.Generator) -> Scene:
 def _ceiling_lights(b: Builder) -> list[Light]:
     rng, (W, D, H) = b.rng, b.size
     lights = []
-    for _ in range(int(rng.integers(1, 3))):
+    for _ in range(1 if rng.random() < 0.65 else 2):
         x, y = rng.uniform(0.8, W - 0.8), rng.uniform(0.8, D - 0.8)
         r = rng.uniform(0.12, 0.3)
         f = Frame(np.array([x, y, 0.0]), 0.0)
@@ -734,19 +744,23 @@ def nyud_camera(
     """
     size = scene.size
     pos = np.array([size[0] / 2, size[1] / 2, 1.4])
+    blocked_arr = np.asarray(blocked, dtype=np.float64).reshape(-1, 2, 3)
     for _ in range(50):
         wall = int(rng.choice(WALLS))
         length = wall_length(size, wall)
         f = wall_frame(size, wall, rng.uniform(0.4, length - 0.4), 0.0, gap=rng.uniform(0.25, 1.2))
         cand = f.origin + np.array([0.0, 0.0, rng.uniform(1.0, 1.7)])
-        if all(np.any(cand < lo - 0.25) or np.any(cand > hi + 0.25) for lo, hi in blocked):
+        if (
+            not blocked_arr.size
+            or np.any((cand < blocked_arr[:, 0] - 0.4) | (cand > blocked_arr[:, 1] + 0.4), axis=1).all()
+        ):
             pos = cand
             break
     inward = f.rotation @ np.array([0.0, 1.0, 0.0])
     yaw = float(np.arctan2(inward[1], inward[0]) + rng.uniform(-0.7, 0.7))
     pitch = float(np.deg2rad(rng.uniform(-24.0, -2.0)))
     targets = [o.shape.center for o in scene.objects if o.label not in (CEILING, WALL, WINDOW, PICTURE)]
-    if targets and rng.random() < 0.75:  # people photograph things: aim at an object
+    if targets and rng.random() < 0.85:  # people photograph things: aim at an object
         rel = targets[int(rng.integers(len(targets)))] - pos
         dist = float(np.hypot(rel[0], rel[1]))
         if dist > 1.0:
