@@ -667,7 +667,7 @@ def make_nyud_scene(rng: np.random.Generator) -> Scene:
     Returns:
         A :class:`Scene` with labels in NYUv2-13 order (:data:`NYU13_CLASSES`).
     """
-    size = np.array([rng.uniform(3.0, 5.8), rng.uniform(3.5, 6.8), rng.uniform(2.4, 3.0)])
+    size = np.array([rng.uniform(3.2, 6.2), rng.uniform(3.8, 7.2), rng.uniform(2.4, 3.0)])
     b = Builder(rng, size)
     room_type = str(rng.choice(list(ROOM_TYPES)))
     plan = ["door"] * int(rng.random() < 0.5) + ["window"] * int(rng.integers(0, 3))
@@ -752,7 +752,7 @@ def nyud_camera(
         cand = f.origin + np.array([0.0, 0.0, rng.uniform(1.0, 1.7)])
         if (
             not blocked_arr.size
-            or np.any((cand < blocked_arr[:, 0] - 0.4) | (cand > blocked_arr[:, 1] + 0.4), axis=1).all()
+            or np.any((cand < blocked_arr[:, 0] - 0.55) | (cand > blocked_arr[:, 1] + 0.55), axis=1).all()
         ):
             pos = cand
             break
