@@ -120,6 +120,23 @@ def render_pascal_image(
     return PascalImage(out.rgb, semseg, objects, sal, out.normals, context[inst], inst)
 
 
+_MAT_HEADER = b"MATLAB 5.0 MAT-file, written by densemtl synth-pascal".ljust(116, b" ")
+
+
+def _fix_mat_header(path: Path) -> None:
+    """Replace the creation time scipy writes into a MAT-file's 116-byte text header by a fixed text.
+
+    The header is descriptive only (readers skip it), so the file stays valid; without this, the same
+    arguments would not give byte-identical ``.mat`` files.
+    """
+    data = path.read_bytes()
+    if not data.startswith(b"MATLAB 5.0 MAT-file"):
+        raise ValueError(f"{path} is not a MATLAB 5 MAT-file")
+    tmp = path.with_name(f".{path.name}.header.tmp")
+    tmp.write_bytes(_MAT_HEADER + data[116:])
+    tmp.replace(path)
+
+
 @dataclass(frozen=True)
 class _Job:
     root: str
@@ -135,10 +152,10 @@ def _render_and_write(job: _Job) -> ImageStats:
     img = render_pascal_image(image_rng(job.seed, job.split, job.index), job.size, job.void_border)
     write_pascal_image(job.root, job.name, img.image)
     write_pascal_semseg(job.root, job.name, img.semseg)
-    write_part_annotation(job.root, job.name, img.objects)
+    _fix_mat_header(write_part_annotation(job.root, job.name, img.objects))
     write_saliency(job.root, job.name, img.sal)
     write_normals(job.root, job.name, np.clip(img.normals, -1.0, 1.0))
-    write_label_map(job.root, job.name, img.label_map)
+    _fix_mat_header(write_label_map(job.root, job.name, img.label_map))
     stats = ImageStats.of(img.image, np.where(img.semseg == 255, 0, img.semseg), len(VOC_CLASSES))
     has_parts = any(o.parts for o in img.objects if o.class_id == PERSON_CLASS_ID)
     stats.extra = {"images with person parts": float(has_parts), "objects": float(len(img.objects))}
