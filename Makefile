@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# passive OpenMP waiting: spinning threads make CPU torch 10-100x slower when another process holds a core
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup demo test test-all lint bench bench-smoke clean
 

@@ -10,16 +10,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 from torch import Tensor
 
+from densemtl.data.transforms import restore_predictions
 from densemtl.tasks import get_task
-from densemtl.viz import colorize, grid, to_display
+from densemtl.viz import colorize, tile_row, to_display
 
-__all__ = ["PredictionImageWriter", "restore_original_size", "save_png"]
+__all__ = ["PredictionImageWriter", "save_png"]
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
@@ -35,31 +35,17 @@ def save_png(array: np.ndarray, path: Path) -> None:
         raise
 
 
-def restore_original_size(pred: Tensor, meta: Mapping[str, Any]) -> Tensor:
-    """Undo the test transform on one prediction (C, h, w): crop padding, then resize to ``meta['size']``.
-
-    ``meta['pad']`` (top, bottom, left, right) in pixels, when present, is cropped first; then the
-    prediction is resized bilinearly (align_corners=False) to the original (H, W). Classification
-    logits are resized before the argmax, which equals nearest resizing of the argmax at equal size.
-    """
-    pad = meta.get("pad")
-    if pad is not None:
-        top, bottom, left, right = (int(v) for v in pad)
-        h, w = pred.shape[-2:]
-        pred = pred[..., top : h - bottom, left : w - right]
-    size = meta.get("size")
-    if size is not None and tuple(pred.shape[-2:]) != tuple(int(s) for s in size):
-        pred = F.interpolate(
-            pred[None].float(), size=tuple(int(s) for s in size), mode="bilinear", align_corners=False
-        )[0]
-    return pred
-
-
 def _task_png(task: str, pred: Tensor) -> np.ndarray:
-    """The PNG content of one task prediction: colours, or σ·255 grey for binary tasks (SEISM format)."""
-    if get_task(task).kind == "binary":
+    """The PNG content of one restored prediction: colours, or σ·255 grey for binary tasks (SEISM format).
+
+    Args:
+        task: task name.
+        pred: int64 (H, W) labels for segmentation tasks, else the raw (C, H, W) output.
+    """
+    kind = get_task(task).kind
+    if kind == "binary":
         return (torch.sigmoid(pred[0].float()) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-    return colorize(task, pred, is_prediction=True)
+    return colorize(task, pred, is_prediction=kind != "segmentation")
 
 
 class PredictionImageWriter(BasePredictionWriter):
@@ -101,7 +87,11 @@ class PredictionImageWriter(BasePredictionWriter):
         metas = prediction.get("meta") or [{} for _ in range(next(iter(preds.values())).shape[0])]
         for i, meta in enumerate(metas):
             name = str(meta.get("name", f"{batch_idx:05d}_{i:02d}"))
-            restored = {t: restore_original_size(p[i], meta) for t, p in preds.items()}
+            restored = (
+                restore_predictions({t: p[i] for t, p in preds.items()}, meta)
+                if meta
+                else {t: p[i] for t, p in preds.items()}
+            )
             for task, pred in restored.items():
                 path = out / task / f"{name}.png"
                 save_png(_task_png(task, pred), path)
@@ -109,14 +99,24 @@ class PredictionImageWriter(BasePredictionWriter):
                 if self.save_raw:
                     np.save(out / task / f"{name}.npy", pred.numpy())
             if self.overview:
-                image = _original_image(meta, batch["image"][i], next(iter(restored.values())).shape[-2:])
-                save_png(grid(image, None, restored), out / "overview" / f"{name}.png")
+                image = _original_image(meta, batch["image"][i])
+                panels = {t: torch.from_numpy(_task_png(t, p)) for t, p in restored.items()}
+                save_png(_overview(image, panels), out / "overview" / f"{name}.png")
 
 
-def _original_image(meta: Mapping[str, Any], normalised: Tensor, size: Sequence[int]) -> np.ndarray:
+def _original_image(meta: Mapping[str, Any], normalised: Tensor) -> np.ndarray:
     """The input image for display: read from ``meta['path']`` if given, else de-normalised."""
     path = meta.get("path")
     if path:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    return to_display(restore_original_size(normalised.float().cpu(), meta))
+    return to_display(normalised)
+
+
+def _overview(image: np.ndarray, panels: Mapping[str, Tensor]) -> np.ndarray:
+    """The image and every task's picture side by side (panels already coloured, uint8)."""
+    rows = [("image", image)]
+    for task, panel in panels.items():
+        arr = panel.numpy()
+        rows.append((task, arr if arr.ndim == 3 else np.repeat(arr[..., None], 3, axis=2)))
+    return tile_row(rows, height=image.shape[0])

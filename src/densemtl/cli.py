@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -103,15 +104,20 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> DenseMTLCLI
     )
 
 
-def main(argv: Sequence[str] | None = None) -> Any:
-    """Entry point of the ``densemtl`` command."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``densemtl`` command; returns the exit status."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = _extra_commands()
     if argv and argv[0] in extra:
-        return extra[argv[0]](argv[1:])
+        result = extra[argv[0]](argv[1:])
+        if isinstance(result, Path):
+            print(result)
+        return 0
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
-    return cli_main(argv)
+    cli_main(None if from_command_line else argv)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -100,6 +100,7 @@ class MultiTaskModule(L.LightningModule):
         super().__init__()
         if not tasks:
             raise ValueError("MultiTaskModule needs tasks (the CLI links them from data.tasks)")
+        tasks = list(tasks)
         self.save_hyperparameters()
         self.tasks = tuple(tasks)
         for t in self.tasks:

@@ -202,7 +202,6 @@ class MultiTaskDataModule(LightningDataModule):
         preset_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
         self.dataset_name = dataset
         self.root = Path(root)
         self.synthetic = self._resolve_synthetic(dataset)
@@ -210,6 +209,10 @@ class MultiTaskDataModule(LightningDataModule):
         self.reader_cls: type[MultiTaskDataset] = DATASETS.get(reader_name)
         available = self.reader_cls.available_tasks
         self._tasks = check_tasks(tasks if tasks is not None else available, available, f"dataset {dataset!r}")
+        self.save_hyperparameters()
+        # the model logs the resolved tasks (linked from here); logging the unresolved `tasks: null` too
+        # would make Lightning refuse to merge the two hparams sets
+        self._log_hyperparams = False
         PRESETS.get(preset)
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
@@ -338,7 +341,8 @@ class MultiTaskDataModule(LightningDataModule):
             transform = getattr(dataset, "transform", None)
             if isinstance(transform, Compose):
                 transform.reseed(_mix_seed(base, rank))
-        batch_size = self.batch_size if train else self.eval_batch_size
+        # predict folders may hold images of any size: one image per batch
+        batch_size = self.batch_size if train else 1 if name == "predict" else self.eval_batch_size
         workers = self.num_workers
         return DataLoader(
             dataset,

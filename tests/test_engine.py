@@ -1,0 +1,93 @@
+"""MultiTaskModule without a Trainer: build errors, the overfit check, weights and losses logged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from densemtl.engine import MultiTaskModule
+
+TASKS = ["semseg", "depth", "normals", "edge"]
+
+
+def _batch(seed: int = 0, b: int = 2, h: int = 32, w: int = 40) -> dict:
+    """A fixed batch with structured targets: left/right halves differ in class, depth and normal."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(b, 3, h, w, generator=g) * 0.1
+    right = torch.zeros(b, h, w, dtype=torch.bool)
+    right[:, :, w // 2 :] = True
+    image[:, 0] += right.float()  # the image tells the halves apart
+    semseg = right.long() * 2  # classes 0 and 2
+    semseg[:, 0, 0] = 255
+    depth = torch.where(right, 3.0, 1.5)[:, None].clone()
+    depth[:, :, 0, 0] = 0.0
+    normals = torch.zeros(b, 3, h, w)
+    normals[:, 2] = -1.0
+    normals[:, 0] = torch.where(right, 0.6, 0.0)
+    normals = normals / normals.norm(dim=1, keepdim=True)
+    edge = torch.zeros(b, 1, h, w)
+    edge[:, :, :, w // 2] = 1.0
+    return {"image": image, "semseg": semseg, "depth": depth, "normals": normals, "edge": edge, "meta": []}
+
+
+def _module(**kwargs) -> MultiTaskModule:
+    defaults = dict(
+        tasks=TASKS,
+        num_classes={"semseg": 3},
+        family="nyud",
+        arch="hps",
+        arch_args={"pretrained": None, "neck_channels": 32, "head_channels": 16},
+        weighting="ew",
+        scheduler="none",
+        lr=3e-3,
+        metrics_args={"edge": {"odsf": False}},
+    )
+    defaults.update(kwargs)
+    return MultiTaskModule(**defaults)
+
+
+def test_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    module = _module()
+    batch = _batch()
+    optimizer = module.configure_optimizers()
+    module.log = module.log_dict = lambda *a, **k: None  # no trainer attached
+    module.weighting.on_train_start(__import__("densemtl.weighting", fromlist=["TrainInfo"]).TrainInfo(tasks=tuple(TASKS)))
+    module.train()
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_unknown_model_and_weighting_list_valid_names():
+    with pytest.raises(ValueError, match=r"unknown model 'nope'; available: \[.*'hps'"):
+        _module(arch="nope")
+    with pytest.raises(ValueError, match=r"unknown weighting 'nope'; available: \[.*'ew'"):
+        _module(weighting="nope")
+    with pytest.raises(ValueError, match=r"unknown task 'segm'"):
+        _module(tasks=["segm"])
+
+
+def test_wrong_model_argument_lists_valid_arguments():
+    with pytest.raises(ValueError, match=r"model 'hps' has no argument\(s\) \['encoderr'\]; valid arguments: \[.*'encoder'"):
+        _module(arch_args={"encoderr": "x"})
+
+
+def test_static_weighting_uses_family_defaults_in_the_objective():
+    from densemtl.weighting import TrainInfo
+
+    module = _module(weighting="static")
+    module.log = module.log_dict = lambda *a, **k: None
+    module.weighting.on_train_start(TrainInfo(tasks=tuple(TASKS), family="nyud"))
+    batch = _batch()
+    objective = module.training_step(batch, 0)
+    out = module.model(batch["image"])
+    losses = module.criterion(out, batch)
+    # protocols.md §5.2 NYUD weights: semseg 1, depth 1, normals 10, edge 50 (same init, same batch)
+    expected = losses.main["semseg"] + losses.main["depth"] + 10 * losses.main["normals"] + 50 * losses.main["edge"]
+    assert objective.item() == pytest.approx(expected.item(), rel=1e-5)
