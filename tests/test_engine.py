@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from densemtl.engine import MultiTaskModule
+from densemtl.weighting import TrainInfo
 
 TASKS = ["semseg", "depth", "normals", "edge"]
 
@@ -52,7 +53,7 @@ def test_overfits_a_fixed_batch():
     batch = _batch()
     optimizer = module.configure_optimizers()
     module.log = module.log_dict = lambda *a, **k: None  # no trainer attached
-    module.weighting.on_train_start(__import__("densemtl.weighting", fromlist=["TrainInfo"]).TrainInfo(tasks=tuple(TASKS)))
+    module.weighting.on_train_start(TrainInfo(tasks=tuple(TASKS)))
     module.train()
     losses = []
     for _ in range(30):
@@ -74,13 +75,12 @@ def test_unknown_model_and_weighting_list_valid_names():
 
 
 def test_wrong_model_argument_lists_valid_arguments():
-    with pytest.raises(ValueError, match=r"model 'hps' has no argument\(s\) \['encoderr'\]; valid arguments: \[.*'encoder'"):
+    expected = r"model 'hps' has no argument\(s\) \['encoderr'\]; valid arguments: \[.*'encoder'"
+    with pytest.raises(ValueError, match=expected):
         _module(arch_args={"encoderr": "x"})
 
 
 def test_static_weighting_uses_family_defaults_in_the_objective():
-    from densemtl.weighting import TrainInfo
-
     module = _module(weighting="static")
     module.log = module.log_dict = lambda *a, **k: None
     module.weighting.on_train_start(TrainInfo(tasks=tuple(TASKS), family="nyud"))
