@@ -98,8 +98,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
-def _save_png(path: Path, array: np.ndarray) -> None:
-    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
+def _save_png(path: Path, array: np.ndarray, compress_level: int = 6) -> None:
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG", compress_level=compress_level))
 
 
 def _save_jpg(path: Path, array: np.ndarray, quality: int) -> None:
@@ -581,6 +581,7 @@ def write_nyud_sample(
     depth: np.ndarray | None = None,
     normals: np.ndarray | None = None,
     edge: np.ndarray | None = None,
+    png_level: int = 6,
 ) -> None:
     """Write one sample in the ``nyud`` (ATRC ``NYUDv2/``) encoding; ``None`` targets are not written.
 
@@ -592,22 +593,26 @@ def write_nyud_sample(
         depth: float (H, W) metres, 0 invalid -> ``depth/<name>.npy`` float32.
         normals: float (H, W, 3) unit vectors -> ``normals/<name>.png`` as round((n + 1) * 255 / 2).
         edge: (H, W) {0, 1} -> ``edge/<name>.png`` as 0/255.
+        png_level: zlib compression level 0..9 of the PNG files (lossless at every level: lower is faster
+            and larger, e.g. 1 writes an RGB image about 3x faster than the default 6, 15 % larger).
     """
+    if not 0 <= png_level <= 9:
+        raise ValueError(f"png_level must be a zlib compression level 0..9, got {png_level}")
     root, image = Path(root), _check_image(image)
     size = image.shape[:2]
     labels = _stored_labels(semseg, size) if semseg is not None else None
     depth_arr = _depth_array(depth, size) if depth is not None else None
     normals_png = encode_normals_png(_check_hw("normals", normals, size, 3)) if normals is not None else None
     edge_png = _binary("edge", edge, size).astype(np.uint8) * 255 if edge is not None else None
-    _save_png(root / "images" / f"{name}.png", image)
+    _save_png(root / "images" / f"{name}.png", image, png_level)
     if labels is not None:
-        _save_png(root / "segmentation" / f"{name}.png", labels)
+        _save_png(root / "segmentation" / f"{name}.png", labels, png_level)
     if depth_arr is not None:
         _save_npy(root / "depth" / f"{name}.npy", depth_arr)
     if normals_png is not None:
-        _save_png(root / "normals" / f"{name}.png", normals_png)
+        _save_png(root / "normals" / f"{name}.png", normals_png, png_level)
     if edge_png is not None:
-        _save_png(root / "edge" / f"{name}.png", edge_png)
+        _save_png(root / "edge" / f"{name}.png", edge_png, png_level)
 
 
 def write_nyud_mt_sample(

@@ -185,9 +185,12 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     return path
 
 
-def _save_png(path: Path, array: np.ndarray) -> Path:
+def _save_png(path: Path, array: np.ndarray, png_level: int = 6) -> Path:
+    """Write a PNG atomically; ``png_level`` is the zlib level 0..9 (lossless at every level, lower is faster)."""
+    if not 0 <= png_level <= 9:
+        raise ValueError(f"png_level must be a zlib compression level 0..9, got {png_level}")
     image = Image.fromarray(np.ascontiguousarray(array))
-    return _atomic_write(path, lambda f: image.save(f, format="PNG"))
+    return _atomic_write(path, lambda f: image.save(f, format="PNG", compress_level=png_level))
 
 
 def _check_2d(name: str, array: np.ndarray) -> np.ndarray:
@@ -217,13 +220,16 @@ def write_pascal_image(root: str | Path, name: str, image: np.ndarray, quality: 
     return _atomic_write(path, lambda f: pil.save(f, format="JPEG", quality=quality, subsampling=0))
 
 
-def write_pascal_semseg(root: str | Path, name: str, labels: np.ndarray) -> Path:
-    """Write ``semseg/VOC12/<name>.png``: (H, W) class ids 0..20, 255 = ignore, stored as uint8 'L'."""
+def write_pascal_semseg(root: str | Path, name: str, labels: np.ndarray, png_level: int = 6) -> Path:
+    """Write ``semseg/VOC12/<name>.png``: (H, W) class ids 0..20, 255 = ignore, stored as uint8 'L'.
+
+    ``png_level`` is the PNG zlib level 0..9 (lossless at every level; lower is faster, larger).
+    """
     labels = _check_2d("labels", labels)
     bad = (labels < 0) | ((labels > len(VOC_CLASSES) - 1) & (labels != IGNORE_INDEX))
     if bad.any():
         raise ValueError(f"semseg labels must be 0..20 or 255, got {sorted(np.unique(labels[bad]).tolist())[:10]}")
-    return _save_png(Path(root) / SEMSEG_DIRS[0] / f"{name}.png", labels.astype(np.uint8))
+    return _save_png(Path(root) / SEMSEG_DIRS[0] / f"{name}.png", labels.astype(np.uint8), png_level)
 
 
 def _part_struct(parts: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
@@ -273,11 +279,12 @@ def write_label_map(root: str | Path, name: str, label_map: np.ndarray) -> Path:
     return _atomic_write(path, lambda f: scipy.io.savemat(f, data, do_compression=True))
 
 
-def write_saliency(root: str | Path, name: str, sal: np.ndarray) -> Path:
+def write_saliency(root: str | Path, name: str, sal: np.ndarray, png_level: int = 6) -> Path:
     """Write ``sal_distill/<name>.png`` (grey uint8).
 
     Args:
         sal: (H, W) uint8 (stored as is) or float in [0, 1] (stored as round(255 * sal)).
+        png_level: PNG zlib level 0..9 (lossless at every level; lower is faster, larger).
     """
     sal = _check_2d("sal", sal)
     if sal.dtype != np.uint8:
@@ -285,14 +292,15 @@ def write_saliency(root: str | Path, name: str, sal: np.ndarray) -> Path:
         if not np.isfinite(sal).all() or sal.min(initial=0) < 0 or sal.max(initial=0) > 1:
             raise ValueError("float saliency must lie in [0, 1]; pass uint8 for raw 0..255 values")
         sal = np.round(sal * 255.0).astype(np.uint8)
-    return _save_png(Path(root) / SAL_DIR / f"{name}.png", sal)
+    return _save_png(Path(root) / SAL_DIR / f"{name}.png", sal, png_level)
 
 
-def write_normals(root: str | Path, name: str, normals: np.ndarray) -> Path:
+def write_normals(root: str | Path, name: str, normals: np.ndarray, png_level: int = 6) -> Path:
     """Write ``normals_distill/<name>.png`` (RGB uint8, v = round((n + 1) / 2 * 255)).
 
     Args:
         normals: (H, W, 3) float in [-1, 1] (encoded) or uint8 (stored as is).
+        png_level: PNG zlib level 0..9 (lossless at every level; lower is faster, larger).
     """
     normals = np.asarray(normals)
     if normals.ndim != 3 or normals.shape[2] != 3:
@@ -302,7 +310,7 @@ def write_normals(root: str | Path, name: str, normals: np.ndarray) -> Path:
         if not np.isfinite(n).all() or np.abs(n).max(initial=0) > 1 + 1e-6:
             raise ValueError("float normals must lie in [-1, 1]; pass uint8 for encoded 0..255 values")
         normals = np.round((np.clip(n, -1, 1) + 1.0) / 2.0 * 255.0).astype(np.uint8)
-    return _save_png(Path(root) / NORMALS_DIR / f"{name}.png", normals)
+    return _save_png(Path(root) / NORMALS_DIR / f"{name}.png", normals, png_level)
 
 
 def write_split(root: str | Path, split: str, names: Sequence[str]) -> Path:

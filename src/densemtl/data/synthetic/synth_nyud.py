@@ -19,6 +19,7 @@ from densemtl.data.nyud import NYU13_CLASSES, write_nyud_sample, write_split
 from densemtl.data.synthetic.camera import Camera, Intrinsics
 from densemtl.data.synthetic.card import nyud_card
 from densemtl.data.synthetic.generate import (
+    PNG_LEVEL,
     ImageStats,
     atomic_dataset,
     image_names,
@@ -96,7 +97,7 @@ class _Job:
 
 def _render_and_write(job: _Job) -> ImageStats:
     img = render_nyud_image(image_rng(job.seed, job.split, job.index), job.size, job.invalid_depth)
-    write_nyud_sample(job.root, job.name, img.image, img.semseg, img.depth, img.normals, img.edge)
+    write_nyud_sample(job.root, job.name, img.image, img.semseg, img.depth, img.normals, img.edge, PNG_LEVEL)
     return ImageStats.of(img.image, img.semseg, len(NYU13_CLASSES), img.depth)
 
 

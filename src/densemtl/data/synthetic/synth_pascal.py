@@ -32,6 +32,7 @@ from densemtl.data.pascal import (
 )
 from densemtl.data.synthetic.card import pascal_card
 from densemtl.data.synthetic.generate import (
+    PNG_LEVEL,
     ImageStats,
     atomic_dataset,
     image_names,
@@ -151,10 +152,10 @@ class _Job:
 def _render_and_write(job: _Job) -> ImageStats:
     img = render_pascal_image(image_rng(job.seed, job.split, job.index), job.size, job.void_border)
     write_pascal_image(job.root, job.name, img.image)
-    write_pascal_semseg(job.root, job.name, img.semseg)
+    write_pascal_semseg(job.root, job.name, img.semseg, png_level=PNG_LEVEL)
     _fix_mat_header(write_part_annotation(job.root, job.name, img.objects))
-    write_saliency(job.root, job.name, img.sal)
-    write_normals(job.root, job.name, np.clip(img.normals, -1.0, 1.0))
+    write_saliency(job.root, job.name, img.sal, png_level=PNG_LEVEL)
+    write_normals(job.root, job.name, np.clip(img.normals, -1.0, 1.0), png_level=PNG_LEVEL)
     _fix_mat_header(write_label_map(job.root, job.name, img.label_map))
     stats = ImageStats.of(img.image, np.where(img.semseg == 255, 0, img.semseg), len(VOC_CLASSES))
     has_parts = any(o.parts for o in img.objects if o.class_id == PERSON_CLASS_ID)
