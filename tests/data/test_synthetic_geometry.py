@@ -139,3 +139,53 @@ def test_query_many_matches_single_queries():
         may = set(np.flatnonzero(cos >= np.cos(half * 1.01 + 1e-3)).tolist())  # a slightly wider cone
         assert must <= set(got.tolist()) <= may
         assert len(got) == len(set(got.tolist()))  # no duplicates
+
+
+def test_closest_hit_image_matches_brute_force_with_shapes_beside_and_behind_the_camera():
+    from densemtl.data.synthetic.raycast import closest_hit_image, screen_rects
+
+    rng = np.random.default_rng(5)
+    h, w = 40, 56
+    cam = Camera(Intrinsics.nyu((h, w)), look_rotation(0.4, -0.1, 0.03), np.array([2.0, 2.0, 1.2]))
+    shapes = [
+        Box(cam.position + rng.uniform(-2.5, 2.5, 3), rotation_z(rng.uniform(0, 3)), rng.uniform(0.1, 0.8, 3))
+        for _ in range(10)
+    ]
+    shapes += [
+        Ellipsoid(cam.position + rng.uniform(-2.5, 2.5, 3), np.eye(3), rng.uniform(0.1, 0.6, 3)) for _ in range(4)
+    ]
+    shapes += [Cylinder(cam.position + rng.uniform(-2.5, 2.5, 3), rotation_x(0.3), 0.3, 0.7) for _ in range(4)]
+    # one box straddling the image plane (corners behind the camera), one entirely behind it
+    forward = cam.rotation[:, 2]
+    shapes.append(Box(cam.position + 0.3 * forward + 0.6 * cam.rotation[:, 0], np.eye(3), np.array([0.4, 0.4, 0.4])))
+    shapes.append(Box(cam.position - 2.0 * forward, np.eye(3), np.array([0.3, 0.3, 0.3])))
+    dirs = cam.world_directions()
+    brute = np.stack([s.intersect(cam.position, dirs)[0] for s in shapes])  # every shape, every ray
+    t = np.full(h * w, np.inf)
+    index = np.full(h * w, -1)
+    closest_hit_image(shapes, cam, dirs.reshape(h, w, 3), t.reshape(h, w), index.reshape(h, w))
+    np.testing.assert_array_equal(t, brute.min(0))
+    hit = np.isfinite(t)
+    assert hit.mean() > 0.2
+    assert (index[hit] == brute.argmin(0)[hit]).all()
+    # every hit pixel lies inside its shape's rectangle; the shape behind the camera has an empty one
+    rects = screen_rects(shapes, cam, margin=0)
+    rows, cols = np.divmod(np.arange(h * w), w)
+    for k in range(len(shapes)):
+        mine = np.isfinite(brute[k])
+        r0, r1, c0, c1 = rects[k]
+        assert ((rows[mine] >= r0) & (rows[mine] < r1) & (cols[mine] >= c0) & (cols[mine] < c1)).all()
+    assert (rects[-1] == 0).all() and np.isfinite(brute[-2]).any()
+
+
+def test_local_normals_are_the_outward_face_normals():
+    box = Box(np.zeros(3), np.eye(3), np.array([1.0, 2.0, 0.5]))
+    p = np.array([[1.0, 0.3, 0.1], [0.2, -2.0, 0.4], [-0.5, 1.0, -0.5]])
+    np.testing.assert_array_equal(box.local_normal(p), [[1, 0, 0], [0, -1, 0], [0, 0, -1]])
+    cyl = Cylinder(np.zeros(3), np.eye(3), 0.5, 1.0)
+    p = np.array([[0.3, 0.4, 0.2], [0.1, 0.1, -1.0]])  # on the side (rho = 0.5), on the bottom cap
+    np.testing.assert_allclose(cyl.local_normal(p), [[0.6, 0.8, 0], [0, 0, -1]])
+    ell = Ellipsoid(np.zeros(3), np.eye(3), np.array([2.0, 1.0, 1.0]))
+    p = np.array([[np.sqrt(2), np.sqrt(0.5), 0.0]])  # (x/2)^2 + y^2 = 1: gradient (x/4, y, 0)
+    g = np.array([np.sqrt(2) / 4, np.sqrt(0.5), 0.0])
+    np.testing.assert_allclose(ell.local_normal(p)[0], g / np.linalg.norm(g))

@@ -63,12 +63,35 @@ class Shape:
         """Radius of a sphere about ``center`` that contains the shape."""
         raise NotImplementedError
 
-    def _local_hit(self, o: np.ndarray, d: np.ndarray, t_min: float) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def half_extent(self) -> np.ndarray:  # pragma: no cover - abstract
+        """(3,) half sizes of a box about ``center``, along the local axes, that contains the shape."""
+        raise NotImplementedError
+
+    def _local_t(self, o: np.ndarray, d: np.ndarray, t_min: float) -> np.ndarray:
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def local_normal(self, p: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """Outward unit normals (N, 3), local frame, at local points (N, 3) on the surface."""
+        raise NotImplementedError
 
     def to_local(self, points: np.ndarray) -> np.ndarray:
         """World points (N, 3) -> local coordinates (N, 3)."""
         return (points - self.center) @ self.rotation
+
+    def to_world(self, vectors: np.ndarray) -> np.ndarray:
+        """Local-frame vectors (N, 3) -> world-frame vectors (N, 3) (rotation only)."""
+        return vectors @ np.ascontiguousarray(self.rotation.T)
+
+    def hit_t(self, origin: np.ndarray, dirs: np.ndarray, t_min: float = T_MIN) -> np.ndarray:
+        """Nearest hit parameter of rays ``origin + t * dirs`` (N,), ``inf`` for a miss (no normals).
+
+        Args:
+            origin: (3,) or (N, 3) ray origins in world metres.
+            dirs: (N, 3) ray directions (any length).
+            t_min: smallest accepted ``t``.
+        """
+        return self._local_t((origin - self.center) @ self.rotation, dirs @ self.rotation, t_min)
 
     def intersect(self, origin: np.ndarray, dirs: np.ndarray, t_min: float = T_MIN) -> tuple[np.ndarray, np.ndarray]:
         """Nearest hit of rays ``origin + t * dirs``.
@@ -79,12 +102,23 @@ class Shape:
             t_min: smallest accepted ``t``.
 
         Returns:
-            t (N,) with ``inf`` for a miss, and outward unit normals (N, 3) in the world frame.
+            t (N,) with ``inf`` for a miss, and outward unit normals (N, 3) in the world frame (meaningless
+            for a miss).
         """
         o = (origin - self.center) @ self.rotation
         d = dirs @ self.rotation
-        t, n_local = self._local_hit(o, d, t_min)
-        return t, n_local @ np.ascontiguousarray(self.rotation.T)
+        t = self._local_t(o, d, t_min)
+        p = o + np.where(np.isfinite(t), t, 0.0)[:, None] * d
+        return t, self.to_world(self.local_normal(p))
+
+
+def _face_normal(q: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Unit normals along the local axis where ``q`` (N, 3), a point's relative position, is largest."""
+    axis = np.argmax(q, axis=1)
+    n = np.zeros_like(p)
+    rows = np.arange(len(p))
+    n[rows, axis] = np.where(p[rows, axis] < 0, -1.0, 1.0)
+    return n
 
 
 @dataclass(frozen=True)
@@ -97,34 +131,23 @@ class Box(Shape):
     def bound_radius(self) -> float:
         return float(np.linalg.norm(self.half))
 
-    def _local_hit(self, o: np.ndarray, d: np.ndarray, t_min: float) -> tuple[np.ndarray, np.ndarray]:
-        o = np.broadcast_to(o, d.shape)
-        lo_t, hi_t = [], []
-        for k in range(3):
-            dk = d[:, k]
-            inv = 1.0 / np.where(dk == 0.0, 1e-300, dk)
-            ta = (-self.half[k] - o[:, k]) * inv
-            tb = (self.half[k] - o[:, k]) * inv
-            lo_t.append(np.minimum(ta, tb))
-            hi_t.append(np.maximum(ta, tb))
-        near_axis = np.where(lo_t[1] > lo_t[0], 1, 0)
-        t_near = np.maximum(lo_t[0], lo_t[1])
-        near_axis = np.where(lo_t[2] > t_near, 2, near_axis)
-        t_near = np.maximum(t_near, lo_t[2])
-        far_axis = np.where(hi_t[1] < hi_t[0], 1, 0)
-        t_far = np.minimum(hi_t[0], hi_t[1])
-        far_axis = np.where(hi_t[2] < t_far, 2, far_axis)
-        t_far = np.minimum(t_far, hi_t[2])
-        entering = t_near > t_min
-        t = np.where(entering, t_near, t_far)
-        hit = (t_far >= t_near) & (t > t_min)
-        t = np.where(hit, t, np.inf)
-        axis = np.where(entering, near_axis, far_axis)
-        rows = np.arange(len(d))
-        sign = np.sign(d[rows, axis])
-        n = np.zeros_like(d)
-        n[rows, axis] = np.where(entering, -sign, sign)
-        return t, n
+    @property
+    def half_extent(self) -> np.ndarray:
+        return np.asarray(self.half, dtype=np.float64)
+
+    def _local_t(self, o: np.ndarray, d: np.ndarray, t_min: float) -> np.ndarray:
+        # slab test, all three axes at once: t of the near and far planes per axis
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = 1.0 / np.where(d == 0.0, 1e-300, d)
+        ta = (-self.half - o) * inv
+        tb = (self.half - o) * inv
+        t_near = np.minimum(ta, tb).max(axis=1)
+        t_far = np.maximum(ta, tb).min(axis=1)
+        t = np.where(t_near > t_min, t_near, t_far)
+        return np.where((t_far >= t_near) & (t > t_min), t, np.inf)
+
+    def local_normal(self, p: np.ndarray) -> np.ndarray:
+        return _face_normal(np.abs(p) / self.half, p)
 
 
 @dataclass(frozen=True)
@@ -137,23 +160,27 @@ class Ellipsoid(Shape):
     def bound_radius(self) -> float:
         return float(np.max(self.radii))
 
-    def _local_hit(self, o: np.ndarray, d: np.ndarray, t_min: float) -> tuple[np.ndarray, np.ndarray]:
-        os_ = o / self.radii
-        ds = d / self.radii
+    @property
+    def half_extent(self) -> np.ndarray:
+        return np.asarray(self.radii, dtype=np.float64)
+
+    def _local_t(self, o: np.ndarray, d: np.ndarray, t_min: float) -> np.ndarray:
+        inv_r = 1.0 / self.radii
+        os_ = o * inv_r
+        ds = d * inv_r
         a = np.einsum("ij,ij->i", ds, ds)
-        b = (ds * os_).sum(-1)
+        b = ds @ os_ if os_.ndim == 1 else np.einsum("ij,ij->i", ds, os_)
         c = (os_ * os_).sum(-1) - 1.0
         disc = b * b - a * c
         sq = np.sqrt(np.maximum(disc, 0.0))
         t0 = (-b - sq) / a
         t1 = (-b + sq) / a
         t = np.where(t0 > t_min, t0, t1)
-        hit = (disc >= 0) & (t > t_min)
-        t = np.where(hit, t, np.inf)
-        p = o + np.where(hit, t, 0.0)[:, None] * d
+        return np.where((disc >= 0) & (t > t_min), t, np.inf)
+
+    def local_normal(self, p: np.ndarray) -> np.ndarray:
         n = p / self.radii**2
-        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-        return t, n
+        return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass(frozen=True)
@@ -167,7 +194,11 @@ class Cylinder(Shape):
     def bound_radius(self) -> float:
         return float(np.hypot(self.radius, self.half_height))
 
-    def _local_hit(self, o: np.ndarray, d: np.ndarray, t_min: float) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def half_extent(self) -> np.ndarray:
+        return np.array([self.radius, self.radius, self.half_height], dtype=np.float64)
+
+    def _local_t(self, o: np.ndarray, d: np.ndarray, t_min: float) -> np.ndarray:
         o = np.broadcast_to(o, d.shape)
         ox, oy, oz = o[:, 0], o[:, 1], o[:, 2]
         dx, dy, dz = d[:, 0], d[:, 1], d[:, 2]
@@ -176,30 +207,30 @@ class Cylinder(Shape):
         b = ox * dx + oy * dy
         c = ox * ox + oy * oy - r * r
         disc = b * b - a * c
+        best = np.full(len(d), np.inf)
         with np.errstate(divide="ignore", invalid="ignore"):
             sq = np.sqrt(np.maximum(disc, 0.0))
-            cand = np.full((len(d), 4), np.inf)
-            for j, root in enumerate(((-b - sq) / a, (-b + sq) / a)):
-                z = oz + root * dz
-                ok = (disc >= 0) & (a > 0) & (np.abs(z) <= h) & (root > t_min)
-                cand[:, j] = np.where(ok, root, np.inf)
-            for j, zc in ((2, -h), (3, h)):
+            side = (disc >= 0) & (a > 0)
+            for root in ((-b - sq) / a, (-b + sq) / a):
+                ok = side & (np.abs(oz + root * dz) <= h) & (root > t_min)
+                best = np.where(ok & (root < best), root, best)
+            for zc in (-h, h):
                 root = (zc - oz) / dz
                 x = ox + root * dx
                 y = oy + root * dy
                 ok = (x * x + y * y <= r * r) & (root > t_min)
-                cand[:, j] = np.where(ok, root, np.inf)
-        which = np.argmin(cand, axis=1)
-        rows = np.arange(len(d))
-        t = cand[rows, which]
-        tt = np.where(np.isfinite(t), t, 0.0)
-        n = np.zeros_like(d)
-        side = which < 2
-        n[:, 0] = np.where(side, (ox + tt * dx) / r, 0.0)
-        n[:, 1] = np.where(side, (oy + tt * dy) / r, 0.0)
-        n[:, 2] = np.where(side, 0.0, np.where(which == 2, -1.0, 1.0))
-        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-        return t, n
+                best = np.where(ok & (root < best), root, best)
+        return best
+
+    def local_normal(self, p: np.ndarray) -> np.ndarray:
+        rho = np.sqrt(p[:, 0] ** 2 + p[:, 1] ** 2)
+        cap = np.abs(p[:, 2]) / self.half_height >= rho / self.radius
+        n = np.zeros_like(p)
+        safe = np.maximum(rho, 1e-12)
+        n[:, 0] = np.where(cap, 0.0, p[:, 0] / safe)
+        n[:, 1] = np.where(cap, 0.0, p[:, 1] / safe)
+        n[:, 2] = np.where(cap, np.where(p[:, 2] < 0, -1.0, 1.0), 0.0)
+        return n
 
 
 def intersect_room(size: np.ndarray, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,9 +14,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from densemtl.data.synthetic.geometry import Shape
+from densemtl.data.synthetic.camera import Camera
+from densemtl.data.synthetic.geometry import T_MIN, Shape
 
-__all__ = ["DirectionIndex", "closest_hit", "group_shapes", "occluded", "query_many"]
+__all__ = [
+    "DirectionIndex",
+    "closest_hit",
+    "closest_hit_image",
+    "frame_corners",
+    "group_shapes",
+    "occluded",
+    "projected_bounds",
+    "query_many",
+    "screen_rects",
+]
 
 
 class DirectionIndex:
@@ -274,6 +285,114 @@ def occluded(
         rays = rays[~shadow[rays]]
         if rays.size == 0:
             continue
-        tk, _ = shapes[k].intersect(light, dirs[rays])
+        tk = shapes[k].hit_t(light, dirs[rays])
         shadow[rays[tk < 1.0 - tolerance]] = True
     return shadow
+
+
+# ------------------------------------------------------------------------------- image-space culling
+_SIGNS = np.array([[(k >> 2) & 1, (k >> 1) & 1, k & 1] for k in range(8)], dtype=np.float64) * 2.0 - 1.0
+"""(8, 3) corner signs of a box; corner k has bits (x, y, z) = (k >> 2, k >> 1, k) & 1."""
+
+_EDGES = np.array([(k, k | b) for b in (4, 2, 1) for k in range(8) if not k & b])
+"""(12, 2) corner pairs of the box edges (they differ in one bit)."""
+
+
+def frame_corners(shapes: Sequence[Shape], origin: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """Corners of each shape's bounding box (``Shape.half_extent``) in another frame.
+
+    Args:
+        shapes: S primitives.
+        origin: (3,) world position of the frame's origin.
+        rotation: (3, 3) frame-to-world rotation (columns are the frame's axes in the world).
+
+    Returns:
+        (S, 8, 3) corner coordinates in the frame.
+    """
+    centres = np.stack([s.center for s in shapes]).astype(np.float64)
+    rots = np.stack([s.rotation for s in shapes]).astype(np.float64)
+    ext = np.stack([s.half_extent for s in shapes])
+    world = centres[:, None, :] + np.einsum("skj,sij->ski", _SIGNS[None] * ext[:, None, :], rots)
+    return (world - np.asarray(origin, dtype=np.float64)) @ np.ascontiguousarray(rotation, dtype=np.float64)
+
+
+def projected_bounds(corners: np.ndarray, near: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bounds of the perspective projection (x / z, y / z) of the part of each box in front of ``z = near``.
+
+    The box clipped to ``z >= near`` is a convex polytope whose vertices are the corners in front and the
+    points where edges cross the plane; a perspective projection maps it to the convex hull of their
+    images, so these bounds contain the projection of every point of the box with ``z >= near``.
+
+    Args:
+        corners: (S, 8, 3) box corners (order of :func:`frame_corners`) in a frame looking along +z.
+        near: the clipping depth (> 0).
+
+    Returns:
+        lo (S, 2), hi (S, 2) bounds of (x / z, y / z), and visible (S,) bool (some part has z >= near).
+    """
+    a, b = corners[:, _EDGES[:, 0]], corners[:, _EDGES[:, 1]]
+    za, zb = a[..., 2], b[..., 2]
+    cross = (za - near) * (zb - near) < 0
+    frac = np.where(cross, (near - za) / np.where(cross, zb - za, 1.0), 0.0)
+    crossing = a + frac[..., None] * (b - a)
+    crossing[..., 2] = near
+    pts = np.concatenate([corners, crossing], axis=1)
+    ok = np.concatenate([corners[..., 2] >= near, cross], axis=1)
+    xy = pts[..., :2] / np.where(ok, pts[..., 2], 1.0)[..., None]
+    lo = np.where(ok[..., None], xy, np.inf).min(axis=1)
+    hi = np.where(ok[..., None], xy, -np.inf).max(axis=1)
+    return lo, hi, ok.any(axis=1)
+
+
+def screen_rects(shapes: Sequence[Shape], camera: Camera, margin: int = 1) -> np.ndarray:
+    """Pixel rectangles that contain every pixel whose camera ray can hit each shape.
+
+    Args:
+        shapes: S primitives.
+        camera: the camera (pixel (v, u) samples the direction ((u - cx) / fx, (v - cy) / fy, 1)).
+        margin: extra pixels on every side (rounding).
+
+    Returns:
+        int64 (S, 4): rows [r0, r1) and columns [c0, c1); empty (r0 = r1 = 0) for a shape out of view.
+    """
+    intr = camera.intr
+    if not shapes:
+        return np.zeros((0, 4), dtype=np.int64)
+    lo, hi, visible = projected_bounds(frame_corners(shapes, camera.position, camera.rotation), T_MIN)
+    cols = np.stack([lo[:, 0], hi[:, 0]], axis=1) * intr.fx + intr.cx
+    rows = np.stack([lo[:, 1], hi[:, 1]], axis=1) * intr.fy + intr.cy
+    c0 = np.clip(np.floor(cols[:, 0]) - margin, 0, intr.width)
+    c1 = np.clip(np.ceil(cols[:, 1]) + margin + 1, 0, intr.width)
+    r0 = np.clip(np.floor(rows[:, 0]) - margin, 0, intr.height)
+    r1 = np.clip(np.ceil(rows[:, 1]) + margin + 1, 0, intr.height)
+    rects = np.stack([r0, r1, c0, c1], axis=1)
+    empty = ~visible | (r1 <= r0) | (c1 <= c0)
+    rects[empty] = 0
+    return rects.astype(np.int64)
+
+
+def closest_hit_image(
+    shapes: Sequence[Shape], camera: Camera, dirs: np.ndarray, t: np.ndarray, index: np.ndarray
+) -> None:
+    """Update an image z-buffer in place with the nearest hits of ``shapes`` (culled by :func:`screen_rects`).
+
+    Each shape is intersected only with the rays of its pixel rectangle, in shape order, a hit replacing
+    the current one when strictly nearer (as :func:`closest_hit`). Normals are not computed: get them from
+    the hit points with ``Shape.local_normal``.
+
+    Args:
+        shapes: primitives; a hit on ``shapes[k]`` stores ``k`` in ``index``.
+        camera: the camera.
+        dirs: (H, W, 3) world ray directions of the pixels (``Camera.world_directions``; ``t`` in their units).
+        t: (H, W) current nearest hit parameters (e.g. of the room shell); updated.
+        index: (H, W) int current hit primitive (-1: none); updated.
+    """
+    origin = np.asarray(camera.position, dtype=np.float64)
+    rects = screen_rects(shapes, camera)
+    for k in np.flatnonzero(rects[:, 1] > rects[:, 0]):
+        r0, r1, c0, c1 = rects[k]
+        sub = dirs[r0:r1, c0:c1]
+        tk = shapes[k].hit_t(origin, sub.reshape(-1, 3)).reshape(sub.shape[:2])
+        better = tk < t[r0:r1, c0:c1]
+        np.copyto(t[r0:r1, c0:c1], tk, where=better)
+        np.copyto(index[r0:r1, c0:c1], k, where=better)

@@ -12,7 +12,7 @@ import numpy as np
 
 from densemtl.data.synthetic.camera import Camera
 from densemtl.data.synthetic.geometry import ROOM_FACE_NORMALS, Shape, intersect_room
-from densemtl.data.synthetic.raycast import closest_hit, group_shapes
+from densemtl.data.synthetic.raycast import closest_hit_image, group_shapes
 from densemtl.data.synthetic.shading import Light, expose, sensor_noise, shade
 from densemtl.data.synthetic.textures import Material, albedo, emission
 
@@ -106,7 +106,7 @@ def boundaries(ids: np.ndarray) -> np.ndarray:
 
 def _group(ids: np.ndarray, count: int) -> list[np.ndarray]:
     """Pixel indices per id 0..count-1, from one stable sort."""
-    order = np.argsort(ids, kind="stable")
+    order = np.argsort(ids.astype(np.int16) if count < 2**15 else ids, kind="stable")  # int16: radix sort
     splits = np.cumsum(np.bincount(ids, minlength=count))[:-1]
     return np.split(order, splits)
 
@@ -129,17 +129,19 @@ def render(
         brightness: target mean of the display image in [0, 1].
         noise_sigma: sensor noise at mid grey in [0, 1] units.
         shadows: trace shadow rays.
-        group: cull whole objects before their primitives (``raycast.group_shapes``).
+        group: cull whole objects before their primitives in the shadow queries (``raycast.group_shapes``).
     """
     height, width = camera.intr.height, camera.intr.width
     origin = np.asarray(camera.position, dtype=np.float64)
     dirs = camera.world_directions()
     t, face = intersect_room(np.asarray(scene.size, dtype=np.float64), origin, dirs)
     index = np.full(len(dirs), -1, dtype=np.int64)
-    normals = ROOM_FACE_NORMALS[face]
     shapes = [o.shape for o in scene.objects]
     groups = group_shapes(shapes, [o.instance for o in scene.objects]) if group else None
-    closest_hit(shapes, origin, dirs, t, index, normals, groups)
+    closest_hit_image(
+        shapes, camera, dirs.reshape(height, width, 3), t.reshape(height, width), index.reshape(height, width)
+    )
+    normals = ROOM_FACE_NORMALS[face]
 
     n_obj = len(scene.objects)
     surface = np.where(index >= 0, index, n_obj + face)
@@ -148,18 +150,22 @@ def render(
     obj_part = np.array([o.part for o in scene.objects] + [0] * 6, dtype=np.int64)
 
     points = origin + t[:, None] * dirs
-    facing = np.einsum("ij,ij->i", normals, dirs)
-    normals = np.where((facing > 0)[:, None], -normals, normals)
-
     alb = np.zeros((len(dirs), 3))
     emit = np.zeros((len(dirs), 3))
     materials = [o.material for o in scene.objects] + list(scene.face_materials)
     for sid, pix in enumerate(_group(surface, n_obj + 6)):
         if pix.size == 0:
             continue
-        local = scene.objects[sid].shape.to_local(points[pix]) if sid < n_obj else points[pix]
+        if sid < n_obj:
+            shape = scene.objects[sid].shape
+            local = shape.to_local(points[pix])
+            normals[pix] = shape.to_world(shape.local_normal(local))
+        else:
+            local = points[pix]
         alb[pix] = albedo(materials[sid], local)
         emit[pix] = emission(materials[sid], local)
+    facing = np.einsum("ij,ij->i", normals, dirs)
+    normals = np.where((facing > 0)[:, None], -normals, normals)
 
     radiance = shade(
         points, normals, alb, emit, scene.lights, scene.ambient, shapes, shadows, groups, (surface, (height, width))
