@@ -69,7 +69,17 @@ class Shape:
         raise NotImplementedError
 
     def _local_t(self, o: np.ndarray, d: np.ndarray, t_min: float) -> np.ndarray:
+        """Hit parameters (N,) of local rays: ``o`` (3, 1) or (3, N) origins, ``d`` (3, N) directions.
+
+        Coordinates are rows (structure of arrays): per-axis operations run on contiguous rows.
+        """
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def _local_rays(self, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """World rays -> local origins (3, 1) or (3, N) and directions (3, N) (coordinates as rows)."""
+        rel = np.asarray(origin, dtype=np.float64) - self.center
+        o = (rel @ self.rotation)[:, None] if rel.ndim == 1 else self.rotation.T @ rel.T
+        return o, self.rotation.T @ dirs.T
 
     def local_normal(self, p: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         """Outward unit normals (N, 3), local frame, at local points (N, 3) on the surface."""
@@ -91,7 +101,7 @@ class Shape:
             dirs: (N, 3) ray directions (any length).
             t_min: smallest accepted ``t``.
         """
-        return self._local_t((origin - self.center) @ self.rotation, dirs @ self.rotation, t_min)
+        return self._local_t(*self._local_rays(origin, dirs), t_min)
 
     def intersect(self, origin: np.ndarray, dirs: np.ndarray, t_min: float = T_MIN) -> tuple[np.ndarray, np.ndarray]:
         """Nearest hit of rays ``origin + t * dirs``.
@@ -105,11 +115,10 @@ class Shape:
             t (N,) with ``inf`` for a miss, and outward unit normals (N, 3) in the world frame (meaningless
             for a miss).
         """
-        o = (origin - self.center) @ self.rotation
-        d = dirs @ self.rotation
+        o, d = self._local_rays(origin, dirs)
         t = self._local_t(o, d, t_min)
-        p = o + np.where(np.isfinite(t), t, 0.0)[:, None] * d
-        return t, self.to_world(self.local_normal(p))
+        p = o + np.where(np.isfinite(t), t, 0.0) * d
+        return t, self.to_world(self.local_normal(np.ascontiguousarray(p.T)))
 
 
 def _face_normal(q: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -137,12 +146,14 @@ class Box(Shape):
 
     def _local_t(self, o: np.ndarray, d: np.ndarray, t_min: float) -> np.ndarray:
         # slab test, all three axes at once: t of the near and far planes per axis
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv = 1.0 / np.where(d == 0.0, 1e-300, d)
-        ta = (-self.half - o) * inv
-        tb = (self.half - o) * inv
-        t_near = np.minimum(ta, tb).max(axis=1)
-        t_far = np.maximum(ta, tb).min(axis=1)
+        inv = 1.0 / np.where(d == 0.0, 1e-300, d)
+        half = np.asarray(self.half, dtype=np.float64)[:, None]
+        ta = (-half - o) * inv
+        tb = (half - o) * inv
+        lo = np.minimum(ta, tb)
+        hi = np.maximum(ta, tb, out=ta)
+        t_near = np.maximum(np.maximum(lo[0], lo[1]), lo[2])
+        t_far = np.minimum(np.minimum(hi[0], hi[1]), hi[2])
         t = np.where(t_near > t_min, t_near, t_far)
         return np.where((t_far >= t_near) & (t > t_min), t, np.inf)
 
@@ -165,12 +176,12 @@ class Ellipsoid(Shape):
         return np.asarray(self.radii, dtype=np.float64)
 
     def _local_t(self, o: np.ndarray, d: np.ndarray, t_min: float) -> np.ndarray:
-        inv_r = 1.0 / self.radii
+        inv_r = 1.0 / np.asarray(self.radii, dtype=np.float64)[:, None]
         os_ = o * inv_r
         ds = d * inv_r
-        a = np.einsum("ij,ij->i", ds, ds)
-        b = ds @ os_ if os_.ndim == 1 else np.einsum("ij,ij->i", ds, os_)
-        c = (os_ * os_).sum(-1) - 1.0
+        a = ds[0] * ds[0] + ds[1] * ds[1] + ds[2] * ds[2]
+        b = ds[0] * os_[0] + ds[1] * os_[1] + ds[2] * os_[2]
+        c = os_[0] * os_[0] + os_[1] * os_[1] + os_[2] * os_[2] - 1.0
         disc = b * b - a * c
         sq = np.sqrt(np.maximum(disc, 0.0))
         t0 = (-b - sq) / a
@@ -199,15 +210,14 @@ class Cylinder(Shape):
         return np.array([self.radius, self.radius, self.half_height], dtype=np.float64)
 
     def _local_t(self, o: np.ndarray, d: np.ndarray, t_min: float) -> np.ndarray:
-        o = np.broadcast_to(o, d.shape)
-        ox, oy, oz = o[:, 0], o[:, 1], o[:, 2]
-        dx, dy, dz = d[:, 0], d[:, 1], d[:, 2]
+        ox, oy, oz = o
+        dx, dy, dz = d
         r, h = self.radius, self.half_height
         a = dx * dx + dy * dy
         b = ox * dx + oy * dy
         c = ox * ox + oy * oy - r * r
         disc = b * b - a * c
-        best = np.full(len(d), np.inf)
+        best = np.full(d.shape[1], np.inf)
         with np.errstate(divide="ignore", invalid="ignore"):
             sq = np.sqrt(np.maximum(disc, 0.0))
             side = (disc >= 0) & (a > 0)
