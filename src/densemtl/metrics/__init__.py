@@ -13,6 +13,8 @@ from densemtl.metrics.delta_m import DeltaM as DeltaM
 from densemtl.metrics.delta_m import DeltaMResult as DeltaMResult
 from densemtl.metrics.delta_m import compute_delta_m as compute_delta_m
 from densemtl.metrics.depth import DepthMetrics as DepthMetrics
+from densemtl.metrics.edge import EdgeMetrics as EdgeMetrics
 from densemtl.metrics.edge_loss import EdgeLossMeter as EdgeLossMeter
 from densemtl.metrics.normals import NormalsMetrics as NormalsMetrics
+from densemtl.metrics.saliency import SaliencyMetrics as SaliencyMetrics
 from densemtl.metrics.segmentation import SegmentationMetrics as SegmentationMetrics
