@@ -18,6 +18,7 @@ from densemtl.data.synthetic.camera import Camera
 from densemtl.data.synthetic.geometry import T_MIN, Shape
 
 __all__ = [
+    "CubeIndex",
     "DirectionIndex",
     "closest_hit",
     "closest_hit_image",
@@ -265,6 +266,8 @@ def occluded(
     """Which points are hidden from a point light by any shape.
 
     Rays run from the light to each point (``t`` in (0, 1)); a hit with ``t < 1 - tolerance`` shadows it.
+    The rays of each shape are found with a :class:`CubeIndex` (or, with ``groups``, a
+    :class:`DirectionIndex` over the groups' bounding spheres).
 
     Args:
         shapes: occluders.
@@ -280,8 +283,11 @@ def occluded(
     shadow = np.zeros(len(points), dtype=bool)
     if not shapes or not len(points):
         return shadow
-    bins = DirectionIndex(light, dirs)
-    for k, rays in _candidates(bins, shapes, groups):
+    if groups is None:
+        candidates = CubeIndex(light, dirs).candidates(shapes)
+    else:
+        candidates = _candidates(DirectionIndex(light, dirs), shapes, groups)
+    for k, rays in candidates:
         rays = rays[~shadow[rays]]
         if rays.size == 0:
             continue
@@ -396,3 +402,98 @@ def closest_hit_image(
         better = tk < t[r0:r1, c0:c1]
         np.copyto(t[r0:r1, c0:c1], tk, where=better)
         np.copyto(index[r0:r1, c0:c1], k, where=better)
+
+
+_FACE_AXES = np.array([[(m + 1) % 3, (m + 2) % 3, m] for m in range(3) for _ in range(2)])
+"""(6, 3) world axes giving (a, b, depth) on each cube face (face = 2 * axis + (sign > 0))."""
+
+_FACE_SIGNS = np.array([[1.0, 1.0, -1.0], [1.0, 1.0, 1.0]] * 3)
+"""(6, 3) signs applied to (a, b, depth): the depth axis points out of the face."""
+
+
+class CubeIndex:
+    """Rays from one origin bucketed on the six faces of a cube around it, for box-bounded queries.
+
+    A ray belongs to the face of its direction's largest component (axis m, sign s) and has face
+    coordinates ``(d_i, d_j) / |d_m|`` in [-1, 1] (i, j the other axes in cyclic order), bucketed into a
+    ``cells`` x ``cells`` grid. A shape's bounding box projected onto a face (:func:`projected_bounds`,
+    perspective from the origin) bounds the face coordinates of every ray that can hit it, so its
+    candidates are contiguous runs of the bucket order, filtered by the exact face rectangle and by
+    distance: a ray whose end point is nearer than the shape's bounding sphere cannot be blocked by it.
+
+    Args:
+        origin: (3,) common ray origin (e.g. a light).
+        dirs: (N, 3) ray directions; the rays end at ``origin + dirs`` (t in (0, 1]).
+        cells: grid cells per face side (6 cells^2 < 2^15 for a 16-bit sort).
+    """
+
+    def __init__(self, origin: np.ndarray, dirs: np.ndarray, cells: int = 48) -> None:
+        self.origin = np.asarray(origin, dtype=np.float64)
+        self.cells = cells
+        n = len(dirs)
+        absd = np.abs(dirs)
+        axis = np.argmax(absd, axis=1)
+        rows = np.arange(n)
+        major = np.maximum(absd[rows, axis], 1e-300)
+        face = 2 * axis + (dirs[rows, axis] > 0)
+        coord_a = dirs[rows, (axis + 1) % 3] / major
+        coord_b = dirs[rows, (axis + 2) % 3] / major
+        cell_a = np.clip(((coord_a + 1.0) * (0.5 * cells)).astype(np.int64), 0, cells - 1)
+        cell_b = np.clip(((coord_b + 1.0) * (0.5 * cells)).astype(np.int64), 0, cells - 1)
+        cell = (face * cells + cell_b) * cells + cell_a
+        self.order = np.argsort(cell.astype(np.int16) if 6 * cells * cells < 2**15 else cell, kind="stable")
+        self.starts = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=6 * cells * cells))])
+        self.coord_a = coord_a[self.order]
+        self.coord_b = coord_b[self.order]
+        self.length2 = np.einsum("ij,ij->i", dirs, dirs)[self.order]
+
+    @staticmethod
+    def _face_bounds(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """lo (6, S, 2), hi (6, S, 2) face coordinates of the boxes' projections on each face, visible (6, S)."""
+        framed = np.moveaxis(corners[..., _FACE_AXES], 2, 0) * _FACE_SIGNS[:, None, None, :]  # (6, S, 8, 3)
+        lo, hi, visible = projected_bounds(framed.reshape(-1, 8, 3), 1e-9)
+        count = len(corners)
+        return lo.reshape(6, count, 2), hi.reshape(6, count, 2), visible.reshape(6, count)
+
+    def candidates(self, shapes: Sequence[Shape]) -> list[tuple[int, np.ndarray]]:
+        """(shape index, indices of the rays that may hit it) for every shape with some candidate ray."""
+        if not shapes:
+            return []
+        g = self.cells
+        corners = frame_corners(shapes, self.origin, np.eye(3))
+        centres = np.stack([sh.center for sh in shapes]) - self.origin
+        near = np.sqrt(np.einsum("ij,ij->i", centres, centres)) - np.array([sh.bound_radius for sh in shapes])
+        near2 = np.where(near > 0, near, 0.0) ** 2 * (1.0 - 1e-9)
+        seg_k, seg_lo, seg_hi, box = [], [], [], []
+        eps = 1e-7
+        for face, (lo, hi, visible) in enumerate(zip(*self._face_bounds(corners))):
+            lo = np.maximum(lo - eps, -1.0)
+            hi = np.minimum(hi + eps, 1.0)
+            ok = np.flatnonzero(visible & (lo[:, 0] <= hi[:, 0]) & (lo[:, 1] <= hi[:, 1]))
+            a0 = np.clip(((lo[ok, 0] + 1.0) * (0.5 * g)).astype(np.int64), 0, g - 1)
+            a1 = np.clip(((hi[ok, 0] + 1.0) * (0.5 * g)).astype(np.int64), 0, g - 1)
+            b0 = np.clip(((lo[ok, 1] + 1.0) * (0.5 * g)).astype(np.int64), 0, g - 1)
+            b1 = np.clip(((hi[ok, 1] + 1.0) * (0.5 * g)).astype(np.int64), 0, g - 1)
+            nrows = b1 - b0 + 1
+            rows = np.repeat(b0, nrows) + _multi_arange(np.zeros(len(ok), dtype=np.int64), nrows)
+            base = (face * g + rows) * g
+            seg_k.append(np.repeat(ok, nrows))
+            seg_lo.append(self.starts[base + np.repeat(a0, nrows)])
+            seg_hi.append(self.starts[base + np.repeat(a1, nrows) + 1])
+            box.append(np.repeat(np.concatenate([lo[ok], hi[ok]], axis=1), nrows, axis=0))
+        keys = np.concatenate(seg_k)
+        by_shape = np.argsort(keys, kind="stable")
+        keys = keys[by_shape]
+        lo_pos = np.concatenate(seg_lo)[by_shape]
+        lens = np.concatenate(seg_hi)[by_shape] - lo_pos
+        rect = np.concatenate(box)[by_shape]
+        pos = _multi_arange(lo_pos, lens)
+        cand_k = np.repeat(keys, lens)
+        rect = np.repeat(rect, lens, axis=0)
+        a, b = self.coord_a[pos], self.coord_b[pos]
+        keep = (a >= rect[:, 0]) & (b >= rect[:, 1]) & (a <= rect[:, 2]) & (b <= rect[:, 3])
+        keep &= self.length2[pos] > near2[cand_k]
+        rays, cand_k = self.order[pos[keep]], cand_k[keep]
+        counts = np.bincount(cand_k, minlength=len(shapes))
+        ends = np.cumsum(counts)
+        return [(int(k), rays[ends[k] - counts[k] : ends[k]]) for k in np.flatnonzero(counts)]
