@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -80,7 +81,7 @@ def test_loaders_yield_the_contract(nyud_root):
     )
     dm.prepare_data()
     dm.setup("fit")
-    batches = list(dm.train_dataloader())
+    batches = [dm.on_after_batch_transfer(b, 0) for b in dm.train_dataloader()]
     assert len(batches) == 2  # 5 samples, batch 2, last incomplete batch dropped
     batch = batches[0]
     assert batch["image"].shape == (2, 3, 24, 32) and batch["image"].dtype == torch.float32
@@ -90,7 +91,7 @@ def test_loaders_yield_the_contract(nyud_root):
     assert isinstance(batch["meta"], list) and len(batch["meta"]) == 2
     assert {m["size"] for m in batch["meta"]} == {(H, W)} and all("valid_box" in m for m in batch["meta"])
     assert set(torch.unique(batch["semseg"]).tolist()) <= set(range(40)) | {255}
-    val = list(dm.val_dataloader())
+    val = [dm.on_after_batch_transfer(b, 0) for b in dm.val_dataloader()]
     assert [len(b["meta"]) for b in val] == [3]
     top, left, h, w = val[0]["meta"][0]["valid_box"]
     assert (h, w) == (H, W) and (top, left) == ((24 - H) // 2, (32 - W) // 2)  # pad-only evaluation
@@ -141,9 +142,11 @@ def test_predict_dir(tmp_path, nyud_root):
     dm = MultiTaskDataModule(
         "nyud", root=str(nyud_root), preset="none", predict_dir=str(folder), normalization="unit", batch_size=2
     )
-    batch = next(iter(dm.predict_dataloader()))
-    assert [m["name"] for m in batch["meta"]] == ["a", "b"] and batch["image"].shape == (2, 3, 10, 12)
-    assert torch.allclose(batch["image"][0], torch.full((3, 10, 12), 128 / 255))
+    batches = [dm.on_after_batch_transfer(b, 0) for b in dm.predict_dataloader()]  # one image per batch
+    assert [m["name"] for b in batches for m in b["meta"]] == ["a", "b"]
+    assert [b["image"].shape for b in batches] == [(1, 3, 10, 12)] * 2
+    assert torch.allclose(batches[0]["image"][0], torch.full((3, 10, 12), 128 / 255))
+    assert torch.equal(batches[1]["image"], torch.ones(1, 3, 10, 12))
     bad = MultiTaskDataModule("nyud", root=str(nyud_root), predict_dir=str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="missing"):
         bad.setup("predict")
@@ -232,7 +235,7 @@ def test_real_synthetic_datasets_end_to_end(tmp_path, name, family):
         assert dm.num_classes == {"semseg": 21, "human_parts": 7}
     dm.prepare_data()
     dm.prepare_data()  # finished dataset with the same arguments: reused
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert batch["image"].shape == (2, 3, 32, 40)
     for task in dm.tasks:
         assert batch[task].shape[0] == 2 and batch[task].shape[-2:] == (32, 40), task
@@ -241,3 +244,88 @@ def test_real_synthetic_datasets_end_to_end(tmp_path, name, family):
             assert set(torch.unique(batch[task]).tolist()) <= set(range(dm.num_classes[task])) | {255}
     val = next(iter(dm.val_dataloader()))
     assert val["meta"][0]["size"] == (24, 32) and val["meta"][0]["valid_box"] == (4, 4, 24, 32)
+
+
+def _contract_batches(dm: MultiTaskDataModule, loader) -> list[dict]:
+    return [dm.on_after_batch_transfer(b, 0) for b in loader]
+
+
+def test_compact_loaders_give_the_contract_bit_for_bit(nyud_root):
+    kw = {"preset": "invpt", "train_size": (24, 32), "batch_size": 2, "eval_batch_size": 2, "seed": 4}
+    compact = MultiTaskDataModule("nyud", root=str(nyud_root), **kw)
+    plain = MultiTaskDataModule("nyud", root=str(nyud_root), compact=False, **kw)
+    assert compact.to_contract is not None and plain.to_contract is None
+    raw = next(iter(compact.train_dataloader()))
+    assert raw["image"].dtype == torch.uint8 and raw["semseg"].dtype == torch.uint8 and raw["edge"].dtype == torch.uint8
+    for name in ("train", "val", "test", "predict"):
+        a = _contract_batches(compact, getattr(compact, f"{name}_dataloader")())
+        b = [plain.on_after_batch_transfer(x, 0) for x in getattr(plain, f"{name}_dataloader")()]  # identity
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b):
+            assert x["meta"] == y["meta"]
+            for key in ("image", "semseg", "depth", "normals", "edge"):
+                assert x[key].dtype == y[key].dtype and torch.equal(x[key], y[key]), (name, key)
+    # padding (the 20x28 images in 24x32) is exactly 0 in the image, 255 in the labels
+    val = _contract_batches(compact, compact.val_dataloader())[0]
+    assert torch.equal(val["image"][:, :, :2], torch.zeros(2, 3, 2, 32)) and torch.all(val["semseg"][:, :2] == 255)
+    assert val["image"][:, :, 2:22, 2:30].abs().min() > 0
+
+
+class _Recorder(L.LightningModule):
+    """Records the batches every step receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: dict[str, list[dict]] = {}
+
+    def _record(self, stage: str, batch: dict) -> torch.Tensor:
+        self.seen.setdefault(stage, []).append(batch)
+        return self.weight * batch["image"].mean()
+
+    def training_step(self, batch, batch_idx):
+        return self._record("train", batch)
+
+    def validation_step(self, batch, batch_idx):
+        self._record("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._record("test", batch)
+
+    def predict_step(self, batch, batch_idx):
+        return self._record("predict", batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_trainer_steps_receive_the_contract(nyud_root, tmp_path):
+    dm = MultiTaskDataModule("nyud", root=str(nyud_root), preset="invpt", train_size=(24, 32), batch_size=2, seed=0)
+    model = _Recorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        limit_val_batches=1,
+        limit_test_batches=1,
+        limit_predict_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm, verbose=False)
+    trainer.predict(model, datamodule=dm)
+    assert set(model.seen) == {"train", "val", "test", "predict"}
+    for stage, batches in model.seen.items():
+        batch = batches[0]
+        assert batch["image"].dtype == torch.float32 and batch["image"].shape[-2:] == (24, 32), stage
+        assert batch["semseg"].dtype == torch.int64 and batch["edge"].dtype == torch.float32, stage
+        assert batch["depth"].dtype == torch.float32 and batch["normals"].dtype == torch.float32, stage
+        for image, meta in zip(batch["image"], batch["meta"]):
+            top, left, h, w = meta["valid_box"]
+            outside = torch.ones(24, 32, dtype=torch.bool)
+            outside[top : top + h, left : left + w] = False
+            assert torch.all(image[:, outside] == 0) and image[:, ~outside].abs().min() > 0, stage
+    assert model.seen["val"][0]["meta"][0]["valid_box"] == (2, 2, H, W)

@@ -16,6 +16,7 @@ from densemtl.data.transforms import (
     IMAGENET_STD,
     PRESETS,
     CentredPad,
+    Compose,
     Normalize,
     PhotometricDistortion,
     RandomAffine,
@@ -23,10 +24,13 @@ from densemtl.data.transforms import (
     RandomHorizontalFlip,
     RandomScaleCrop,
     Resize,
+    ToCompact,
+    ToContract,
     build_transform,
     photometric,
     resize_back,
     restore_predictions,
+    split_contract,
 )
 from densemtl.data.transforms import affine as affine_fn
 from densemtl.data.transforms import hflip as hflip_fn
@@ -456,7 +460,7 @@ def test_mtan_and_ctal_presets():
     assert "RandomCropResize" in repr(aug)
     assert aug(sample)["image"].shape == (3, 12, 16)
     ctal = build_transform("ctal_cnn", train=True, family="nyuv2_13")
-    assert [type(t).__name__ for t in ctal.transforms] == ["RandomHorizontalFlip", "Normalize"]
+    assert [type(t).__name__ for t in ctal.transforms] == ["RandomHorizontalFlip", "ToCompact", "ToContract"]
     auto = build_transform("autolambda", train=True, family="nyuv2_13", size=(10, 12))
     out = auto(sample, torch.Generator().manual_seed(0))
     assert out["image"].shape == (3, 10, 12) and out["image"].min() >= -1 and out["image"].max() <= 1
@@ -530,3 +534,108 @@ def test_fused_flip_equals_crop_then_flip():
             assert torch.equal(a[key], b[key]), key
         assert a["meta"] == b["meta"]
     assert build_transform("invpt", train=True).transforms[0].flip == 0.5
+
+
+# --------------------------------------------------------------------------------- compact encoding
+
+
+def test_to_compact_hand_values():
+    sample = {
+        "image": torch.tensor([0.4, 12.5, 13.5, 254.7]).view(1, 2, 2).expand(3, 2, 2).clone(),
+        "semseg": torch.tensor([[0, 39], [255, 7]]),
+        "edge": torch.tensor([[[0.0, 1.0], [255.0, 1.0]]]),
+        "depth": torch.tensor([[[0.0, 1.5], [2.25, 9.0]]]),
+        "meta": {"name": "x", "size": (2, 2)},
+    }
+    out = ToCompact()(sample)
+    assert out["image"].dtype == torch.uint8 and out["image"][0].tolist() == [[0, 12], [14, 255]]  # half to even
+    assert out["semseg"].dtype == torch.uint8 and out["semseg"].tolist() == [[0, 39], [255, 7]]
+    assert out["edge"].dtype == torch.uint8 and out["edge"].tolist() == [[[0, 1], [255, 1]]]
+    assert out["depth"] is sample["depth"] and out["meta"] is sample["meta"]
+    kept = ToCompact(round_image=False)(sample)
+    assert kept["image"] is sample["image"]
+    with pytest.raises(ValueError, match=r"'x': semseg values must lie in 0..255"):
+        ToCompact()({**sample, "semseg": torch.tensor([[0, 256], [1, 2]])})
+
+
+def test_to_contract_hand_values_and_zero_padding():
+    image = torch.tensor([0, 128, 255], dtype=torch.uint8).view(3, 1, 1).repeat(1, 4, 5)
+    sample = {
+        "image": image,
+        "semseg": torch.full((4, 5), 3, dtype=torch.uint8),
+        "edge": torch.ones(1, 4, 5, dtype=torch.uint8),
+        "depth": torch.full((1, 4, 5), 2.0),
+        "meta": {"name": "x", "size": (2, 3), "valid_box": (1, 2, 2, 3)},
+    }
+    out = ToContract(zero_padding=True)(sample)
+    mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+    expect = (np.array([0, 128, 255]) / 255.0 - mean) / std  # float64 reference
+    inside = out["image"][:, 1:3, 2:5]
+    np.testing.assert_allclose(inside.numpy(), np.broadcast_to(expect[:, None, None], (3, 2, 3)), atol=1e-6)
+    outside = torch.ones(4, 5, dtype=torch.bool)
+    outside[1:3, 2:5] = False
+    assert torch.equal(out["image"][:, outside], torch.zeros(3, int(outside.sum())))
+    assert not torch.signbit(out["image"][:, outside]).any()  # +0, not -0
+    assert out["semseg"].dtype == torch.int64 and out["edge"].dtype == torch.float32
+    assert out["semseg"].unique().tolist() == [3] and out["edge"].unique().tolist() == [1.0]
+    assert out["depth"] is sample["depth"] and out["image"].dtype == torch.float32
+    plain = ToContract(zero_padding=False)(sample)["image"]
+    np.testing.assert_allclose(plain[:, 0, 0].numpy(), expect, atol=1e-6)
+    assert "valid_box" in sample["meta"] and sample["image"].dtype == torch.uint8  # input untouched
+
+
+def test_to_contract_batch_equals_per_sample():
+    t = build_transform("invpt", train=True, family="nyud", size=(48, 64))
+    head, finish = split_contract(t)
+    samples = [head(make_sample(30 + 4 * i, 40, seed=i), torch.Generator().manual_seed(i)) for i in range(3)]
+    batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != "meta"}
+    batch["meta"] = [s["meta"] for s in samples]
+    assert len({s["meta"]["valid_box"] for s in samples}) > 1  # different padding per sample
+    done = finish(batch)
+    for i, s in enumerate(samples):
+        single = finish(s)
+        for key in ("image", *TARGET_KEYS):
+            assert torch.equal(done[key][i], single[key]), key
+            assert done[key].dtype == single[key].dtype
+
+
+@pytest.mark.parametrize(
+    "preset,family,size",
+    [
+        ("invpt", "nyud", (48, 64)),
+        ("mtinet", "pascal", (32, 32)),
+        ("mtan", "nyuv2_13", None),
+        ("autolambda", "nyuv2_13", (24, 32)),
+        ("ctal_cnn", "nyuv2_13", None),
+        ("none", "nyud", None),
+    ],
+)
+def test_split_contract_reproduces_the_whole_pipeline(preset, family, size):
+    sample = make_sample(30, 40)
+    for train in (True, False):
+        full = build_transform(preset, train=train, family=family, size=size)
+        head, finish = split_contract(full)
+        assert isinstance(finish, ToContract) and len(head.transforms) == len(full.transforms) - 1
+        for seed in range(3):
+            a = full(sample, torch.Generator().manual_seed(seed))
+            compact = head(sample, torch.Generator().manual_seed(seed))
+            assert compact["semseg"].dtype == torch.uint8 and compact["edge"].dtype == torch.uint8
+            b = finish(compact)
+            for key in ("image", *TARGET_KEYS):
+                assert torch.equal(a[key], b[key]) and a[key].dtype == b[key].dtype, key
+            assert a["meta"] == b["meta"]
+    assert split_contract(Compose([Normalize()]))[1] is None
+
+
+def test_invpt_compact_image_is_uint8_with_padding_zero_after_normalising():
+    sample = make_sample(30, 40)
+    head, finish = split_contract(build_transform("invpt", train=True, family="nyud", size=(48, 64)))
+    compact = head(sample, torch.Generator().manual_seed(1))
+    assert compact["image"].dtype == torch.uint8 and compact["image"].shape == (3, 48, 64)
+    out = finish(compact)
+    top, left, h, w = out["meta"]["valid_box"]
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    window = (slice(None), slice(top, top + h), slice(left, left + w))
+    expect = (compact["image"][window].double() / 255 - mean.double()) / std.double()
+    torch.testing.assert_close(out["image"][window].double(), expect, atol=1e-6, rtol=0)
+    assert out["image"].abs().sum() - out["image"][window].abs().sum() == 0

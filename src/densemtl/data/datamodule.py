@@ -3,8 +3,12 @@
 ``MultiTaskDataModule(dataset="nyud", root="data/NYUDv2", preset="invpt", batch_size=8)`` reads with the
 registered reader (:data:`densemtl.data.DATASETS`), applies the preset's training or evaluation pipeline
 (:mod:`densemtl.data.transforms`) and batches with :func:`collate` (tensors stacked, ``meta`` kept as a
-list of dicts). Synthetic datasets (``densemtl.data.synthetic.SYNTHETIC_DATASETS``) are generated into
-``root`` by ``prepare_data`` and then read by their reader like any other folder.
+list of dicts). By default (``compact=True``) the loaders carry a compact encoding (uint8 image where the
+preset rounds it, uint8 label maps) that the preset's last step, :class:`~densemtl.data.transforms.ToContract`,
+turns into the sample contract after the batch reached the device (:meth:`on_after_batch_transfer`, which
+Lightning calls before every ``*_step``): half the bytes through the workers' shared memory, and the
+normalisation done on the accelerator. Synthetic datasets (``densemtl.data.synthetic.SYNTHETIC_DATASETS``)
+are generated into ``root`` by ``prepare_data`` and then read by their reader like any other folder.
 
 The engine can read ``tasks``, ``num_classes``, ``family`` and ``task_channels`` right after
 construction (they come from the reader's class attributes), before ``setup``.
@@ -26,7 +30,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from densemtl.data.base import DATASETS, MultiTaskDataset, Sample
-from densemtl.data.transforms import PRESETS, Compose, build_transform, resolve_normalization
+from densemtl.data.transforms import (
+    PRESETS,
+    Compose,
+    ToContract,
+    build_transform,
+    resolve_normalization,
+    split_contract,
+)
 from densemtl.tasks import TASKS, check_tasks
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolder", "MultiTaskDataModule", "collate", "keep_freed_memory", "seed_worker"]
@@ -176,6 +187,9 @@ class MultiTaskDataModule(LightningDataModule):
         generate: keyword arguments of the synthetic generator (synthetic datasets only).
         cache_dir: cache folder handed to readers that take one (e.g. PASCAL's part-category cache).
         preset_options: extra keyword options of the preset builder (e.g. ``{"augment": true}`` for mtan).
+        compact: loaders yield the compact encoding, converted to the contract by
+            :meth:`on_after_batch_transfer` (the Trainer calls it; call it yourself when iterating a loader
+            by hand); False: loaders yield the contract.
     """
 
     def __init__(
@@ -200,6 +214,7 @@ class MultiTaskDataModule(LightningDataModule):
         generate: dict[str, Any] | None = None,
         cache_dir: str | None = None,
         preset_options: dict[str, Any] | None = None,
+        compact: bool = True,
     ) -> None:
         super().__init__()
         self.dataset_name = dataset
@@ -237,7 +252,11 @@ class MultiTaskDataModule(LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         self._data_root: Path | None = None if self.synthetic is not None else self.root
         # build both pipelines now so that bad sizes/options fail at construction
-        self.transform("train"), self.transform("val")
+        train_contract = split_contract(self.transform("train"))[1]
+        eval_contract = split_contract(self.transform("val"))[1]
+        same = train_contract is not None and repr(train_contract) == repr(eval_contract)
+        self.to_contract: ToContract | None = train_contract if compact and same else None
+        """The device-side last step of the pipelines (None: the loaders yield the contract)."""
 
     # ------------------------------------------------------------------ facts for the engine
 
@@ -285,6 +304,18 @@ class MultiTaskDataModule(LightningDataModule):
         normalization, mean, std = self.normalization
         return build_transform(self.preset, train, self.family, size, normalization, mean, std, **self.preset_options)
 
+    def _dataset_transform(self, stage: str) -> Compose:
+        """What the datasets of a stage apply: the pipeline, without its last step when ``to_contract`` is set."""
+        pipeline = self.transform(stage)
+        return split_contract(pipeline)[0] if self.to_contract is not None else pipeline
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The sample contract of a batch from one of the loaders, on the device it was moved to.
+
+        Lightning calls it for every training, validation, test and predict batch.
+        """
+        return self.to_contract(batch) if self.to_contract is not None else batch
+
     def prepare_data(self) -> None:
         """Generate a synthetic dataset into ``root`` if it is not there yet (nothing for real datasets)."""
         if self.synthetic is not None:
@@ -318,10 +349,10 @@ class MultiTaskDataModule(LightningDataModule):
             if name in self.datasets:
                 continue
             if name == "predict" and self.predict_dir is not None:
-                self.datasets[name] = ImageFolder(self.predict_dir, self.transform("predict"))
+                self.datasets[name] = ImageFolder(self.predict_dir, self._dataset_transform("predict"))
             else:
                 split = self.splits["test" if name == "predict" else name]
-                self.datasets[name] = self._reader(split, self.transform(name))
+                self.datasets[name] = self._reader(split, self._dataset_transform(name))
 
     def _rank(self) -> int:
         trainer = getattr(self, "trainer", None)

@@ -74,6 +74,8 @@ __all__ = [
     "RandomHorizontalFlip",
     "RandomScaleCrop",
     "Resize",
+    "ToCompact",
+    "ToContract",
     "Transform",
     "affine",
     "build_transform",
@@ -83,6 +85,7 @@ __all__ = [
     "resize_back",
     "resolve_normalization",
     "restore_predictions",
+    "split_contract",
 ]
 
 Sample = dict[str, Any]
@@ -897,6 +900,121 @@ class Normalize(Transform):
         return out
 
 
+# ------------------------------------------------------------------------------------ compact encoding
+
+
+class ToCompact(Transform):
+    """Compact encoding of a transformed sample for the trip from a DataLoader worker to the device.
+
+    Label maps (segmentation and binary tasks: values 0..254, 255 ignore) become uint8; with
+    ``round_image`` a float image in [0, 255] is rounded to uint8 (half to even, as OpenCV's saturating
+    cast: the reference pipelines hold uint8 images between steps). Depth and normals are kept.
+    :class:`ToContract` turns the result, one sample or a collated batch, into the sample contract. For a
+    448x576 NYUD sample about 5 MB instead of 10 MB cross the worker's shared memory.
+
+    Args:
+        round_image: round a float image to uint8 (an image that is uint8 already stays so either way).
+    """
+
+    _fields = ("round_image",)
+
+    def __init__(self, round_image: bool = True) -> None:
+        self.round_image = bool(round_image)
+
+    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
+        out = dict(sample)
+        for key, value in sample.items():
+            kind = _kind(key)
+            if kind == "image" and self.round_image and value.is_floating_point():
+                out[key] = value.round().clamp_(0.0, 255.0).to(torch.uint8)
+            elif kind == "label" and value.dtype != torch.uint8:
+                if value.numel():
+                    lo, hi = torch.aminmax(value)
+                    if lo < 0 or hi > 255:
+                        name = sample.get("meta", {}).get("name", "?")
+                        raise ValueError(
+                            f"sample {name!r}: {key} values must lie in 0..255 (255 = ignore), got {lo}..{hi}"
+                        )
+                out[key] = value.to(torch.uint8)
+        return out
+
+
+class ToContract(Transform):
+    """The sample contract from :class:`ToCompact`'s encoding, for one sample or a collated batch.
+
+    ``image`` -> float32 ``(x / 255 - mean) / std`` (the formula of :class:`Normalize`); with
+    ``zero_padding`` the pixels outside ``meta['valid_box']`` are set to exactly 0 (ATRC/InvPT pad after
+    normalising). Label maps -> their task's dtype (int64 for segmentation, float32 for binary tasks);
+    depth and normals pass through. Works on any device: a preset applies it last, so ``dataset[i]`` is the
+    contract, and :class:`~densemtl.data.datamodule.MultiTaskDataModule` moves it to
+    ``on_after_batch_transfer`` (see :func:`split_contract`), so both give the same numbers.
+
+    Args:
+        mean: per-channel mean on [0, 1] pixels (RGB), or None for no centring.
+        std: per-channel std on [0, 1] pixels, or None for unit std.
+        zero_padding: set the image outside ``meta['valid_box']`` to 0 after normalising.
+    """
+
+    _fields = ("mean", "std", "zero_padding")
+
+    def __init__(
+        self,
+        mean: Sequence[float] | None = IMAGENET_MEAN,
+        std: Sequence[float] | None = IMAGENET_STD,
+        zero_padding: bool = False,
+    ) -> None:
+        self._normalize = Normalize(mean, std)
+        self.mean, self.std = self._normalize.mean, self._normalize.std
+        self.zero_padding = bool(zero_padding)
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _scale_shift(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._constants:
+            self._constants[device] = (self._normalize._scale.to(device), self._normalize._shift.to(device))
+        return self._constants[device]
+
+    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
+        """One sample ((3, H, W) image, ``meta`` a dict) or a batch ((B, 3, H, W), ``meta`` a list of dicts)."""
+        out = dict(sample)
+        image = sample["image"]
+        scale, shift = self._scale_shift(image.device)
+        out["image"] = x = torch.addcmul(shift, image.float(), scale)
+        if self.zero_padding:
+            metas = sample.get("meta", {})
+            planes, metas = (x, metas) if x.dim() == 4 else (x[None], [metas])
+            for plane, meta in zip(planes, metas, strict=True):
+                if meta and "valid_box" in meta:
+                    _zero_outside(plane, meta["valid_box"])
+        for key, value in sample.items():
+            if key not in ("image", "meta") and _kind(key) == "label":
+                out[key] = value.to(TASKS[key].target_dtype)
+        return out
+
+
+def _zero_outside(x: torch.Tensor, box: Sequence[int]) -> None:
+    """Set a (C, H, W) tensor to 0 outside ``box = (top, left, height, width)``, in place."""
+    top, left, h, w = (int(v) for v in box)
+    x[:, :top] = 0
+    x[:, top + h :] = 0
+    x[:, :, :left] = 0
+    x[:, :, left + w :] = 0
+
+
+def split_contract(pipeline: Compose) -> tuple[Compose, ToContract | None]:
+    """Split a pipeline before its final :class:`ToContract` step.
+
+    Returns:
+        (the pipeline without that step, sharing its generator; the step), or (``pipeline``, None) when
+        its last step is not a :class:`ToContract`.
+    """
+    steps = pipeline.transforms
+    if not steps or not isinstance(steps[-1], ToContract):
+        return pipeline, None
+    head = Compose(steps[:-1])
+    head.generator = pipeline.generator
+    return head, steps[-1]
+
+
 def _check_mode(mode: str, allowed: tuple[str, ...], what: str) -> None:
     if mode not in allowed:
         raise ValueError(f"unknown {what} {mode!r}; expected one of {list(allowed)}")
@@ -1032,6 +1150,11 @@ def build_transform(
     return builder(train=train, family=family, size=size, mean=m, std=s, **options)
 
 
+def _finish(mean: Sequence[float] | None, std: Sequence[float] | None, round_image: bool) -> list[Transform]:
+    """The last two steps of every preset: compact encoding, then the contract (see :func:`split_contract`)."""
+    return [ToCompact(round_image=round_image), ToContract(mean, std)]
+
+
 @register_preset("invpt")
 def preset_invpt(
     train: bool,
@@ -1046,8 +1169,9 @@ def preset_invpt(
 ) -> Compose:
     """ATRC / InvPT / TaskPrompter / MLoRE / CTAL transformer (§3.1): NYUD 448x576, PASCAL 512x512.
 
-    Train: random scale + crop (cat_max_ratio) + flip (one fused step), photometric distortion, normalise,
-    centred pad. Test: normalise, centred pad (an image larger than ``size`` raises).
+    Train: random scale + crop (cat_max_ratio) + flip (one fused step), photometric distortion, image
+    rounded to uint8, centred pad, normalise (padding 0 after normalising). Test: centred pad, normalise
+    (an image larger than ``size`` raises).
     """
     size = _size_for("invpt", family, size)
     steps: list[Transform] = []
@@ -1055,7 +1179,7 @@ def preset_invpt(
         steps.append(RandomScaleCrop(size, scale_range=scale_range, cat_max_ratio=cat_max_ratio, flip=flip))
         if distort:
             steps.append(PhotometricDistortion())
-    steps += [Normalize(mean, std), CentredPad(size, protocol="InvPT")]
+    steps += [ToCompact(), CentredPad(size, protocol="InvPT"), ToContract(mean, std, zero_padding=True)]
     return Compose(steps)
 
 
@@ -1083,7 +1207,7 @@ def preset_mtinet(
             steps.append(RandomAffine(angle_range=(-20.0, 20.0), scale_range=(0.75, 1.25)))
         else:
             steps.append(RandomAffine(angle_range=None, scale_range=None, scale_choices=(1.0, 1.2, 1.5)))
-    steps += [Resize(size, image_mode="bicubic", normals_mode="nearest"), Normalize(mean, std)]
+    steps += [Resize(size, image_mode="bicubic", normals_mode="nearest"), *_finish(mean, std, round_image=False)]
     return Compose(steps)
 
 
@@ -1102,7 +1226,7 @@ def preset_mtan(
     steps: list[Transform] = []
     if train and augment:
         steps += [RandomCropResize((1.0, 1.2, 1.5)), RandomHorizontalFlip(0.5)]
-    steps.append(Normalize(mean, std))
+    steps += _finish(mean, std, round_image=False)
     return Compose(steps)
 
 
@@ -1124,7 +1248,7 @@ def preset_autolambda(
             CentredPad(size, protocol="Auto-lambda"),
             RandomHorizontalFlip(0.5),
         ]
-    steps.append(Normalize(mean, std))
+    steps += _finish(mean, std, round_image=False)
     return Compose(steps)
 
 
@@ -1138,7 +1262,7 @@ def preset_ctal_cnn(
 ) -> Compose:
     """CTAL CNN (§3.4): random flip (train only), no normalisation (pixels in [0, 1])."""
     steps: list[Transform] = [RandomHorizontalFlip(0.5)] if train else []
-    steps.append(Normalize(mean, std))
+    steps += _finish(mean, std, round_image=False)
     return Compose(steps)
 
 
@@ -1151,4 +1275,4 @@ def preset_none(
     std: Sequence[float] | None = IMAGENET_STD,
 ) -> Compose:
     """Float conversion and normalisation only, for pre-sized data (train and test alike)."""
-    return Compose([Normalize(mean, std)])
+    return Compose(_finish(mean, std, round_image=False))
