@@ -11,6 +11,7 @@ cone, and is intersected with those only. Camera rays share the camera centre; s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from densemtl.data.synthetic.geometry import T_MIN, Shape
 __all__ = [
     "CubeIndex",
     "DirectionIndex",
+    "ShapeBounds",
     "closest_hit",
     "closest_hit_image",
     "frame_corners",
@@ -262,6 +264,7 @@ def occluded(
     points: np.ndarray,
     tolerance: float = 1e-4,
     groups: list[tuple[np.ndarray, float, np.ndarray]] | None = None,
+    bounds: ShapeBounds | None = None,
 ) -> np.ndarray:
     """Which points are hidden from a point light by any shape.
 
@@ -275,6 +278,7 @@ def occluded(
         points: (N, 3) shaded points.
         tolerance: relative distance before the point within which hits are ignored (the surface itself).
         groups: optional bounding groups from :func:`group_shapes`.
+        bounds: ``ShapeBounds.of(shapes)``, when computed once for many calls.
 
     Returns:
         bool (N,): True where the point is in shadow.
@@ -284,7 +288,7 @@ def occluded(
     if not shapes or not len(points):
         return shadow
     if groups is None:
-        candidates = CubeIndex(light, dirs).candidates(shapes)
+        candidates = CubeIndex(light, dirs).candidates(shapes, bounds)
     else:
         candidates = _candidates(DirectionIndex(light, dirs), shapes, groups)
     for k, rays in candidates:
@@ -304,22 +308,44 @@ _EDGES = np.array([(k, k | b) for b in (4, 2, 1) for k in range(8) if not k & b]
 """(12, 2) corner pairs of the box edges (they differ in one bit)."""
 
 
-def frame_corners(shapes: Sequence[Shape], origin: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class ShapeBounds:
+    """Bounding volumes of a list of shapes, computed once and shared by many queries.
+
+    Attributes:
+        corners: (S, 8, 3) world corners of each shape's bounding box (``Shape.half_extent``); corner k
+            has local signs ((k >> 2) & 1, (k >> 1) & 1, k & 1) -> (-1 or +1).
+        centres: (S, 3) world centres.
+        radii: (S,) bounding sphere radii (``Shape.bound_radius``).
+    """
+
+    corners: np.ndarray
+    centres: np.ndarray
+    radii: np.ndarray
+
+    @classmethod
+    def of(cls, shapes: Sequence[Shape]) -> ShapeBounds:
+        """The bounds of ``shapes`` (S >= 1)."""
+        centres = np.stack([s.center for s in shapes]).astype(np.float64)
+        rots = np.stack([s.rotation for s in shapes]).astype(np.float64)
+        ext = np.stack([s.half_extent for s in shapes])
+        corners = centres[:, None, :] + np.einsum("skj,sij->ski", _SIGNS[None] * ext[:, None, :], rots)
+        return cls(corners, centres, np.array([s.bound_radius for s in shapes], dtype=np.float64))
+
+
+def frame_corners(shapes: Sequence[Shape] | ShapeBounds, origin: np.ndarray, rotation: np.ndarray) -> np.ndarray:
     """Corners of each shape's bounding box (``Shape.half_extent``) in another frame.
 
     Args:
-        shapes: S primitives.
+        shapes: S primitives, or their precomputed :class:`ShapeBounds`.
         origin: (3,) world position of the frame's origin.
         rotation: (3, 3) frame-to-world rotation (columns are the frame's axes in the world).
 
     Returns:
         (S, 8, 3) corner coordinates in the frame.
     """
-    centres = np.stack([s.center for s in shapes]).astype(np.float64)
-    rots = np.stack([s.rotation for s in shapes]).astype(np.float64)
-    ext = np.stack([s.half_extent for s in shapes])
-    world = centres[:, None, :] + np.einsum("skj,sij->ski", _SIGNS[None] * ext[:, None, :], rots)
-    return (world - np.asarray(origin, dtype=np.float64)) @ np.ascontiguousarray(rotation, dtype=np.float64)
+    bounds = shapes if isinstance(shapes, ShapeBounds) else ShapeBounds.of(shapes)
+    return (bounds.corners - np.asarray(origin, dtype=np.float64)) @ np.ascontiguousarray(rotation, dtype=np.float64)
 
 
 def projected_bounds(corners: np.ndarray, near: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -336,18 +362,20 @@ def projected_bounds(corners: np.ndarray, near: float) -> tuple[np.ndarray, np.n
     Returns:
         lo (S, 2), hi (S, 2) bounds of (x / z, y / z), and visible (S,) bool (some part has z >= near).
     """
-    a, b = corners[:, _EDGES[:, 0]], corners[:, _EDGES[:, 1]]
+    # points first (P, S, ...): the reductions over points are then elementwise over contiguous slabs
+    corners = np.ascontiguousarray(np.swapaxes(corners, 0, 1))
+    a, b = corners[_EDGES[:, 0]], corners[_EDGES[:, 1]]
     za, zb = a[..., 2], b[..., 2]
     cross = (za - near) * (zb - near) < 0
     frac = np.where(cross, (near - za) / np.where(cross, zb - za, 1.0), 0.0)
     crossing = a + frac[..., None] * (b - a)
     crossing[..., 2] = near
-    pts = np.concatenate([corners, crossing], axis=1)
-    ok = np.concatenate([corners[..., 2] >= near, cross], axis=1)
+    pts = np.concatenate([corners, crossing], axis=0)
+    ok = np.concatenate([corners[..., 2] >= near, cross], axis=0)
     xy = pts[..., :2] / np.where(ok, pts[..., 2], 1.0)[..., None]
-    lo = np.where(ok[..., None], xy, np.inf).min(axis=1)
-    hi = np.where(ok[..., None], xy, -np.inf).max(axis=1)
-    return lo, hi, ok.any(axis=1)
+    lo = np.minimum.reduce(np.where(ok[..., None], xy, np.inf), axis=0)
+    hi = np.maximum.reduce(np.where(ok[..., None], xy, -np.inf), axis=0)
+    return lo, hi, np.logical_or.reduce(ok, axis=0)
 
 
 def screen_rects(shapes: Sequence[Shape], camera: Camera, margin: int = 1) -> np.ndarray:
@@ -430,14 +458,15 @@ class CubeIndex:
     def __init__(self, origin: np.ndarray, dirs: np.ndarray, cells: int = 48) -> None:
         self.origin = np.asarray(origin, dtype=np.float64)
         self.cells = cells
-        n = len(dirs)
-        absd = np.abs(dirs)
-        axis = np.argmax(absd, axis=1)
-        rows = np.arange(n)
-        major = np.maximum(absd[rows, axis], 1e-300)
-        face = 2 * axis + (dirs[rows, axis] > 0)
-        coord_a = dirs[rows, (axis + 1) % 3] / major
-        coord_b = dirs[rows, (axis + 2) % 3] / major
+        dx, dy, dz = np.ascontiguousarray(dirs.T)
+        ax, ay, az = np.abs(dx), np.abs(dy), np.abs(dz)
+        on_x = (ax >= ay) & (ax >= az)
+        on_y = ~on_x & (ay >= az)
+        major = np.maximum(np.where(on_x, ax, np.where(on_y, ay, az)), 1e-300)
+        positive = np.where(on_x, dx, np.where(on_y, dy, dz)) > 0
+        face = np.where(on_x, 0, np.where(on_y, 2, 4)) + positive
+        coord_a = np.where(on_x, dy, np.where(on_y, dz, dx)) / major
+        coord_b = np.where(on_x, dz, np.where(on_y, dx, dy)) / major
         cell_a = np.clip(((coord_a + 1.0) * (0.5 * cells)).astype(np.int64), 0, cells - 1)
         cell_b = np.clip(((coord_b + 1.0) * (0.5 * cells)).astype(np.int64), 0, cells - 1)
         cell = (face * cells + cell_b) * cells + cell_a
@@ -445,7 +474,7 @@ class CubeIndex:
         self.starts = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=6 * cells * cells))])
         self.coord_a = coord_a[self.order]
         self.coord_b = coord_b[self.order]
-        self.length2 = np.einsum("ij,ij->i", dirs, dirs)[self.order]
+        self.length2 = (dx * dx + dy * dy + dz * dz)[self.order]
 
     @staticmethod
     def _face_bounds(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -455,14 +484,20 @@ class CubeIndex:
         count = len(corners)
         return lo.reshape(6, count, 2), hi.reshape(6, count, 2), visible.reshape(6, count)
 
-    def candidates(self, shapes: Sequence[Shape]) -> list[tuple[int, np.ndarray]]:
-        """(shape index, indices of the rays that may hit it) for every shape with some candidate ray."""
+    def candidates(self, shapes: Sequence[Shape], bounds: ShapeBounds | None = None) -> list[tuple[int, np.ndarray]]:
+        """(shape index, indices of the rays that may hit it) for every shape with some candidate ray.
+
+        Args:
+            shapes: the shapes.
+            bounds: ``ShapeBounds.of(shapes)`` if already computed.
+        """
         if not shapes:
             return []
         g = self.cells
-        corners = frame_corners(shapes, self.origin, np.eye(3))
-        centres = np.stack([sh.center for sh in shapes]) - self.origin
-        near = np.sqrt(np.einsum("ij,ij->i", centres, centres)) - np.array([sh.bound_radius for sh in shapes])
+        bounds = ShapeBounds.of(shapes) if bounds is None else bounds
+        corners = bounds.corners - self.origin
+        centres = bounds.centres - self.origin
+        near = np.sqrt(np.einsum("ij,ij->i", centres, centres)) - bounds.radii
         near2 = np.where(near > 0, near, 0.0) ** 2 * (1.0 - 1e-9)
         seg_k, seg_lo, seg_hi, box = [], [], [], []
         eps = 1e-7

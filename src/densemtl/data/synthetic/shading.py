@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from densemtl.data.synthetic.geometry import Shape
-from densemtl.data.synthetic.raycast import occluded
+from densemtl.data.synthetic.raycast import ShapeBounds, occluded
 
 __all__ = ["Light", "adaptive_shadow", "expose", "sensor_noise", "shade"]
 
@@ -36,6 +36,7 @@ def adaptive_shadow(
     surface: np.ndarray,
     shape: tuple[int, int],
     groups: list | None = None,
+    bounds: ShapeBounds | None = None,
 ) -> np.ndarray:
     """Shadow test on a pixel grid: every second pixel first, exact rays only where it is ambiguous.
 
@@ -52,6 +53,7 @@ def adaptive_shadow(
         surface: int (H*W,) surface id per pixel.
         shape: (H, W).
         groups: bounding groups of the occluders.
+        bounds: ``ShapeBounds.of(occluders)`` when computed once for several lights.
 
     Returns:
         bool (H*W,): True where the pixel is in shadow (False where not ``lit``).
@@ -63,7 +65,7 @@ def adaptive_shadow(
     coarse = np.zeros((h, w), dtype=bool)
     coarse[::2, ::2] = True
     trace = np.flatnonzero((coarse & lit2).ravel())
-    shadow.ravel()[trace] = occluded(occluders, light, points[trace], groups=groups)
+    shadow.ravel()[trace] = occluded(occluders, light, points[trace], groups=groups, bounds=bounds)
     known.ravel()[trace] = True
     # the four traced neighbours of each pixel: rows 2i, 2i+2 and columns 2j, 2j+2 (clamped)
     r0 = (np.arange(h) // 2) * 2
@@ -81,7 +83,7 @@ def adaptive_shadow(
     fill = agree & ~known
     shadow[fill] = votes[fill] == 4
     rest = np.flatnonzero((lit2 & ~known & ~agree).ravel())
-    shadow.ravel()[rest] = occluded(occluders, light, points[rest], groups=groups)
+    shadow.ravel()[rest] = occluded(occluders, light, points[rest], groups=groups, bounds=bounds)
     return shadow.ravel()
 
 
@@ -114,6 +116,7 @@ def shade(
     """
     sky = 0.8 + 0.2 * normals[:, 2:3]
     irradiance = np.broadcast_to(ambient * sky, points.shape).copy()
+    bounds = ShapeBounds.of(occluders) if shadows and len(occluders) and groups is None else None
     for light in lights:
         to_light = light.position - points
         dist = np.linalg.norm(to_light, axis=1)
@@ -121,10 +124,10 @@ def shade(
         facing = cos > 0
         if shadows and len(occluders) and facing.any():
             if grid is not None:
-                facing &= ~adaptive_shadow(occluders, light.position, points, facing, grid[0], grid[1], groups)
+                facing &= ~adaptive_shadow(occluders, light.position, points, facing, grid[0], grid[1], groups, bounds)
             else:
                 idx = np.flatnonzero(facing)
-                facing[idx[occluded(occluders, light.position, points[idx], groups=groups)]] = False
+                facing[idx[occluded(occluders, light.position, points[idx], groups=groups, bounds=bounds)]] = False
         lit = np.flatnonzero(facing)
         power = cos[lit] / (1.0 + (dist[lit] / light.falloff) ** 2)
         irradiance[lit] += power[:, None] * light.color
