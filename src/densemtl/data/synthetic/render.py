@@ -163,7 +163,8 @@ def render(
         else:
             local = points[pix]
         alb[pix] = albedo(materials[sid], local)
-        emit[pix] = emission(materials[sid], local)
+        if materials[sid].glow > 0:
+            emit[pix] = emission(materials[sid], local)
     facing = np.einsum("ij,ij->i", normals, dirs)
     normals = np.where((facing > 0)[:, None], -normals, normals)
 
@@ -172,7 +173,6 @@ def render(
     )
     rgb = sensor_noise(expose(radiance.reshape(height, width, 3), brightness), rng, noise_sigma)
 
-    unit = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
     instance = obj_inst[surface].reshape(height, width)
     return Render(
         rgb=rgb,
@@ -183,5 +183,5 @@ def render(
         normals=camera.to_camera(normals).reshape(height, width, 3).astype(np.float32),
         edge=boundaries(instance),
         albedo=(alb @ np.array([0.2126, 0.7152, 0.0722])).reshape(height, width).astype(np.float32),
-        grazing=np.abs(np.einsum("ij,ij->i", normals, unit)).reshape(height, width).astype(np.float32),
+        grazing=(np.abs(facing) / np.sqrt(np.einsum("ij,ij->i", dirs, dirs))).reshape(height, width).astype(np.float32),
     )

@@ -119,7 +119,7 @@ def shade(
     bounds = ShapeBounds.of(occluders) if shadows and len(occluders) and groups is None else None
     for light in lights:
         to_light = light.position - points
-        dist = np.linalg.norm(to_light, axis=1)
+        dist = np.sqrt(np.einsum("ij,ij->i", to_light, to_light))
         cos = np.einsum("ij,ij->i", normals, to_light) / np.maximum(dist, 1e-9)
         facing = cos > 0
         if shadows and len(occluders) and facing.any():
@@ -128,9 +128,8 @@ def shade(
             else:
                 idx = np.flatnonzero(facing)
                 facing[idx[occluded(occluders, light.position, points[idx], groups=groups, bounds=bounds)]] = False
-        lit = np.flatnonzero(facing)
-        power = cos[lit] / (1.0 + (dist[lit] / light.falloff) ** 2)
-        irradiance[lit] += power[:, None] * light.color
+        power = np.where(facing, cos / (1.0 + (dist / light.falloff) ** 2), 0.0)
+        irradiance += power[:, None] * light.color
     return albedo * irradiance + emitted
 
 
