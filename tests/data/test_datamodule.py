@@ -13,7 +13,8 @@ from PIL import Image
 
 from densemtl.data import datamodule as dm_module
 from densemtl.data.datamodule import MultiTaskDataModule, collate
-from densemtl.data.nyud import write_nyud_sample, write_split
+from densemtl.data.nyud import NYUD, write_nyud_sample, write_split
+from densemtl.data.transforms import decode_normals_png8
 
 H, W = 20, 28
 
@@ -257,6 +258,7 @@ def test_compact_loaders_give_the_contract_bit_for_bit(nyud_root):
     assert compact.to_contract is not None and plain.to_contract is None
     raw = next(iter(compact.train_dataloader()))
     assert raw["image"].dtype == torch.uint8 and raw["semseg"].dtype == torch.uint8 and raw["edge"].dtype == torch.uint8
+    assert raw["normals"].dtype == torch.uint8  # the nyud reader's 8-bit codes
     for name in ("train", "val", "test", "predict"):
         a = _contract_batches(compact, getattr(compact, f"{name}_dataloader")())
         b = [plain.on_after_batch_transfer(x, 0) for x in getattr(plain, f"{name}_dataloader")()]  # identity
@@ -329,3 +331,12 @@ def test_trainer_steps_receive_the_contract(nyud_root, tmp_path):
             outside[top : top + h, left : left + w] = False
             assert torch.all(image[:, outside] == 0) and image[:, ~outside].abs().min() > 0, stage
     assert model.seen["val"][0]["meta"][0]["valid_box"] == (2, 2, H, W)
+
+
+def test_nyud_png8_normals_decode_to_the_float_reader(nyud_root):
+    codes = NYUD(nyud_root, "val", normals_png8=True).load(1)["normals"]
+    floats = NYUD(nyud_root, "val").load(1)["normals"]
+    assert codes.dtype == torch.uint8 and codes.shape == (3, H, W)
+    assert torch.equal(decode_normals_png8(codes), floats)
+    # the fixture's normals (0, -0.6, 0.8) stored as rint((n + 1) * 127.5)
+    assert codes[:, 0, 0].tolist() == [128, 51, 230]

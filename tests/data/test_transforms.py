@@ -27,6 +27,7 @@ from densemtl.data.transforms import (
     ToCompact,
     ToContract,
     build_transform,
+    decode_normals_png8,
     photometric,
     resize_back,
     restore_predictions,
@@ -639,3 +640,64 @@ def test_invpt_compact_image_is_uint8_with_padding_zero_after_normalising():
     expect = (compact["image"][window].double() / 255 - mean.double()) / std.double()
     torch.testing.assert_close(out["image"][window].double(), expect, atol=1e-6, rtol=0)
     assert out["image"].abs().sum() - out["image"][window].abs().sum() == 0
+
+
+def test_normals_png8_decoding_and_flip_are_exact():
+    codes = torch.arange(256, dtype=torch.uint8)
+    values = decode_normals_png8(codes)
+    np.testing.assert_array_equal(values.numpy(), (2.0 * np.arange(256) / 255.0 - 1.0).astype(np.float32))
+    assert values[0] == -1 and values[255] == 1 and values.dtype == torch.float32
+    assert torch.equal(decode_normals_png8(255 - codes), -values)  # the flip v -> 255 - v is exactly -n
+    floats = torch.rand(3, 2, 2)
+    assert decode_normals_png8(floats) is floats
+
+
+def _png8_sample(h: int = 30, w: int = 40) -> dict:
+    sample = make_sample(h, w)
+    sample["normals"] = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(9))
+    return sample
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        RandomHorizontalFlip(1.0),
+        RandomScaleCrop((24, 28), flip=1.0),
+        RandomScaleCrop((24, 28), normals_mode="bilinear"),
+        RandomCropResize(),
+        RandomCropResize(normals_mode="nearest"),
+        RandomAffine(),
+        Resize((20, 50)),
+        build_transform("invpt", train=True, family="nyud", size=(48, 64)),
+        build_transform("invpt", train=False, family="nyud", size=(48, 64)),
+        build_transform("autolambda", train=True, family="nyuv2_13", size=(24, 32)),
+        build_transform("mtinet", train=True, family="pascal", size=(32, 32)),
+    ],
+)
+def test_transforms_on_png8_normals_equal_transforms_on_decoded_normals(transform):
+    codes = _png8_sample()
+    floats = {**codes, "normals": decode_normals_png8(codes["normals"])}
+    for seed in range(3):
+        a = transform(codes, torch.Generator().manual_seed(seed))
+        b = transform(floats, torch.Generator().manual_seed(seed))
+        got = a["normals"] if a["normals"].dtype != torch.uint8 else ToContract()(a)["normals"]
+        assert got.dtype == torch.float32 and torch.equal(got, b["normals"]), seed
+        assert torch.equal(a["image"], b["image"]) and a["meta"] == b["meta"]
+
+
+def test_to_contract_zeroes_png8_normals_outside_the_box_batched():
+    pad = CentredPad((8, 9))
+    samples = [
+        pad(
+            {"image": torch.zeros(3, h, w, dtype=torch.uint8), "normals": torch.full((3, h, w), 255, dtype=torch.uint8)}
+        )
+        for h, w in ((8, 9), (6, 5))
+    ]
+    batch = {
+        "image": torch.stack([s["image"] for s in samples]),
+        "normals": torch.stack([s["normals"] for s in samples]),
+    }
+    batch["meta"] = [s["meta"] for s in samples]
+    out = ToContract(zero_padding=False)(batch)["normals"]
+    assert out.dtype == torch.float32 and torch.all(out[0] == 1)
+    assert torch.all(out[1, :, 1:7, 2:7] == 1) and out[1].sum() == 3 * 6 * 5  # zero vector in the padding

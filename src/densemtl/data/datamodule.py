@@ -4,11 +4,12 @@
 registered reader (:data:`densemtl.data.DATASETS`), applies the preset's training or evaluation pipeline
 (:mod:`densemtl.data.transforms`) and batches with :func:`collate` (tensors stacked, ``meta`` kept as a
 list of dicts). By default (``compact=True``) the loaders carry a compact encoding (uint8 image where the
-preset rounds it, uint8 label maps) that the preset's last step, :class:`~densemtl.data.transforms.ToContract`,
-turns into the sample contract after the batch reached the device (:meth:`on_after_batch_transfer`, which
-Lightning calls before every ``*_step``): half the bytes through the workers' shared memory, and the
-normalisation done on the accelerator. Synthetic datasets (``densemtl.data.synthetic.SYNTHETIC_DATASETS``)
-are generated into ``root`` by ``prepare_data`` and then read by their reader like any other folder.
+preset rounds it, uint8 label maps, 8-bit normal codes from readers that store them) that the preset's last
+step, :class:`~densemtl.data.transforms.ToContract`, turns into the sample contract after the batch reached
+the device (:meth:`on_after_batch_transfer`, which Lightning calls before every ``*_step``): a third of the
+bytes through the workers' shared memory, and the normalisation done on the accelerator. Synthetic
+datasets (``densemtl.data.synthetic.SYNTHETIC_DATASETS``) are generated into ``root`` by ``prepare_data``
+and then read by their reader like any other folder.
 
 The engine can read ``tasks``, ``num_classes``, ``family`` and ``task_channels`` right after
 construction (they come from the reader's class attributes), before ``setup``.
@@ -328,10 +329,13 @@ class MultiTaskDataModule(LightningDataModule):
             self.prepare_data()  # other ranks: the data exist already, ensure() only locates them
         return self._data_root if self._data_root is not None else self.root
 
-    def _reader(self, split: str, transform: Compose | None) -> MultiTaskDataset:
+    def _reader(self, split: str, transform: Compose | None, loader: bool = False) -> MultiTaskDataset:
         kwargs: dict[str, Any] = {}
-        if self.cache_dir is not None and "cache_dir" in inspect.signature(self.reader_cls).parameters:
+        params = inspect.signature(self.reader_cls).parameters
+        if self.cache_dir is not None and "cache_dir" in params:
             kwargs["cache_dir"] = self.cache_dir
+        if loader and self.to_contract is not None and "normals_png8" in params:
+            kwargs["normals_png8"] = True  # 8-bit normal codes travel; ToContract decodes them
         return self.reader_cls(self.data_root, split=split, tasks=self._tasks, transform=transform, **kwargs)
 
     def setup(self, stage: str | None = None) -> None:
@@ -352,7 +356,7 @@ class MultiTaskDataModule(LightningDataModule):
                 self.datasets[name] = ImageFolder(self.predict_dir, self._dataset_transform("predict"))
             else:
                 split = self.splits["test" if name == "predict" else name]
-                self.datasets[name] = self._reader(split, self._dataset_transform(name))
+                self.datasets[name] = self._reader(split, self._dataset_transform(name), loader=True)
 
     def _rank(self) -> int:
         trainer = getattr(self, "trainer", None)

@@ -347,8 +347,10 @@ class NYUD(_SplitFileLayout):
     ================================  =============================  ===================================
 
     An 8-bit normal cannot be exactly zero (127 -> -0.004, 128 -> +0.004), so every normal pixel counts as
-    valid on this layout. Subclasses with other label sets override ``classes`` (and ``dataset_name``);
-    segmentation values above ``len(classes["semseg"])`` raise.
+    valid on this layout. ``normals_png8=True`` returns the normals as the stored uint8 (3, H, W) codes
+    instead (the DataModule's loaders carry them; ``densemtl.data.transforms.ToContract`` decodes them).
+    Subclasses with other label sets override ``classes`` (and ``dataset_name``); segmentation values above
+    ``len(classes["semseg"])`` raise.
     """
 
     dataset_name: ClassVar[str] = "nyud"
@@ -369,9 +371,22 @@ class NYUD(_SplitFileLayout):
         "  <root>/edge/<id>.png             uint8 0/255"
     )
 
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        tasks: Sequence[str] | None = None,
+        transform: Callable[[Sample], Sample] | None = None,
+        normals_png8: bool = False,
+    ) -> None:
+        self.normals_png8 = bool(normals_png8)
+        super().__init__(root, split, tasks, transform)
+
     def _load_normals(self, name: str) -> torch.Tensor:
         path = self._file("normals", name)
         rgb = _read_rgb(path)
+        if self.normals_png8:  # the codes v, decoded later (densemtl.data.transforms: 8-bit normals)
+            return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
         return torch.from_numpy(np.ascontiguousarray(_NORMAL_PNG_LUT[rgb.transpose(2, 0, 1)]))
 
     def _load_edge(self, name: str) -> torch.Tensor:

@@ -21,6 +21,13 @@ Coordinates follow the camera convention of the normals: x to the right, y down,
 A positive rotation angle turns the picture counter-clockwise as seen on screen; the (x, y) components of
 the normals turn with it: ``x' = cos a x + sin a y``, ``y' = -sin a x + cos a y``.
 
+**8-bit normals.** ``normals`` may also be a uint8 (3, H, W) tensor of PNG codes, n = 2v/255 - 1 (the
+``nyud`` layout's encoding, :data:`NORMALS_PNG8_LUT`; readers give them on request, e.g.
+``NYUD(normals_png8=True)``, which the DataModule uses for its loaders): resampled nearest and flipped
+(v -> 255 - v, exactly -n) as codes, decoded where arithmetic is needed (bilinear, rotation, resize), and
+decoded by :class:`ToContract`, which also sets them to the zero vector outside ``meta['valid_box']`` (the
+padding; an 8-bit code cannot be zero).
+
 ``meta["size"]`` (set by the reader) keeps the original (H, W); every geometric transform keeps
 ``meta["valid_box"] = (top, left, height, width)``, the part of the output that holds image content. A
 prediction is brought back to the original image with :func:`restore_predictions` (crop the valid box,
@@ -63,6 +70,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "NORMALIZATIONS",
+    "NORMALS_PNG8_LUT",
     "PRESETS",
     "PRESET_NORMALIZATION",
     "CentredPad",
@@ -79,6 +87,7 @@ __all__ = [
     "Transform",
     "affine",
     "build_transform",
+    "decode_normals_png8",
     "hflip",
     "photometric",
     "register_preset",
@@ -101,6 +110,26 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...] | None, tuple[float, ...] | No
 }
 """Named (mean, std) pairs on [0, 1] pixels: ``imagenet``; ``half`` (2x - 1: EfficientNet-Lite, Auto-λ);
 ``unit`` (no normalisation, pixels in [0, 1]: mtan, CTAL CNN)."""
+
+
+NORMALS_PNG8_LUT: torch.Tensor = (2.0 * torch.arange(256, dtype=torch.float64) / 255.0 - 1.0).to(torch.float32)
+"""float32 normal component of each 8-bit PNG code v: 2v/255 - 1 (computed in float64)."""
+
+
+def decode_normals_png8(codes: torch.Tensor) -> torch.Tensor:
+    """8-bit normal codes, uint8 (..., 3, H, W), to float32 components 2v/255 - 1; float input is returned as is."""
+    if codes.dtype != torch.uint8:
+        return codes
+    return NORMALS_PNG8_LUT.to(codes.device)[codes.long()]
+
+
+def _negate_x(normals: torch.Tensor) -> torch.Tensor:
+    """Negate the x component of (3, H, W) normals in place (8-bit codes: v -> 255 - v, exactly -n)."""
+    if normals.dtype == torch.uint8:
+        normals[0].bitwise_not_()
+    else:
+        normals[0].neg_()
+    return normals
 
 
 # ---------------------------------------------------------------------------------------------- keys
@@ -251,6 +280,13 @@ def _gather_linear(
     return torch.lerp(_take(x, _flat_index(lines, j0, width), size), _take(x, _flat_index(lines, j1, width), size), wx)
 
 
+def _resize_uint8(x: torch.Tensor, size: Size) -> torch.Tensor:
+    """Bilinear resize (``align_corners=False``, no antialiasing) of a uint8 (C, H, W) tensor, in uint8."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
+
+
 def _renormalize(normals: torch.Tensor) -> torch.Tensor:
     """Scale (3, H, W) vectors to unit length; zero vectors stay zero."""
     norm = normals.norm(dim=0, keepdim=True)
@@ -350,6 +386,9 @@ class RandomScaleCrop(Transform):
         flip: probability of mirroring the crop left-right (normals x negated), drawn after the window:
             the same result as a following :class:`RandomHorizontalFlip` with the same generator, without
             the extra pass over every tensor.
+        uint8_image: resample a uint8 image bilinearly in uint8 (torch's fixed-point kernel: within 1 of
+            the float result, as OpenCV's uint8 resize of the reference) and keep it uint8. The whole
+            image is resized, then cropped; still several times faster than the float window.
     """
 
     random = True
@@ -362,6 +401,7 @@ class RandomScaleCrop(Transform):
         "image_mode",
         "normals_mode",
         "flip",
+        "uint8_image",
     )
 
     def __init__(
@@ -374,8 +414,10 @@ class RandomScaleCrop(Transform):
         image_mode: str = "bilinear",
         normals_mode: str = "nearest",
         flip: float = 0.0,
+        uint8_image: bool = False,
     ) -> None:
         self.size = _pair(size, "crop size")
+        self.uint8_image = bool(uint8_image)
         if not 0 <= flip <= 1:
             raise ValueError(f"flip probability must be in [0, 1], got {flip}")
         self.flip = float(flip)
@@ -436,7 +478,12 @@ class RandomScaleCrop(Transform):
             linear = (kind == "image" and self.image_mode == "bilinear") or (
                 kind == "normals" and self.normals_mode == "bilinear"
             )
-            if linear:
+            if kind == "normals" and linear:
+                value = decode_normals_png8(value)
+            if linear and kind == "image" and self.uint8_image and value.dtype == torch.uint8:
+                y = _resize_uint8(value, (Hs, Ws))[..., top : top + ch, left : left + cw]
+                y = y.flip(-1) if flip else y.contiguous()
+            elif linear:
                 if lin_rows is None:
                     lin_rows, lin_cols = _linear_index(H, Hs, top, ch), _linear_index(W, Ws, left, cw)
                     if flip:
@@ -449,7 +496,7 @@ class RandomScaleCrop(Transform):
             if kind == "depth":
                 y = y.div_(s) if y.is_floating_point() else y / s
             elif kind == "normals" and flip:
-                y[0].neg_()
+                _negate_x(y)
             out[key] = y
         meta = _meta(sample, (H, W))
         meta["valid_box"] = (0, 0, ch, cw)
@@ -504,6 +551,8 @@ class RandomCropResize(Transform):
             if kind == "meta":
                 continue
             mode = self.image_mode if kind == "image" else self.normals_mode if kind == "normals" else "nearest"
+            if kind == "normals" and mode == "bilinear":
+                value = decode_normals_png8(value)
             y = _gather_linear(value, *lin) if mode == "bilinear" else _gather_nearest(value, rows, cols)
             out[key] = y / s if kind == "depth" else y
         meta = _meta(sample, (H, W))
@@ -545,7 +594,7 @@ def hflip(sample: Sample) -> Sample:
             continue
         y = value.flip(-1)
         if kind == "normals":
-            y[0].neg_()
+            _negate_x(y)
         out[key] = y
     meta = _meta(sample, (H, W))
     top, left, h, w = meta["valid_box"]
@@ -649,6 +698,8 @@ def affine(sample: Sample, angle: float, scale: float, image_mode: str = "bicubi
             continue
         if kind == "image":
             y = _warp(value.float(), grid, image_mode, 0.0).clamp_(0, 255)
+        elif kind == "normals":
+            y = _warp(decode_normals_png8(value), grid, "nearest", 0.0)
         else:
             y = _warp(value, grid, "nearest", _fill(key))
         if kind == "depth":
@@ -699,6 +750,8 @@ class Resize(Transform):
             if kind == "meta":
                 continue
             mode = self.image_mode if kind == "image" else self.normals_mode if kind == "normals" else "nearest"
+            if kind == "normals":
+                value = decode_normals_png8(value)
             if mode == "nearest":
                 y = _gather_nearest(value, rows, cols)
             else:
@@ -945,9 +998,10 @@ class ToContract(Transform):
     ``image`` -> float32 ``(x / 255 - mean) / std`` (the formula of :class:`Normalize`); with
     ``zero_padding`` the pixels outside ``meta['valid_box']`` are set to exactly 0 (ATRC/InvPT pad after
     normalising). Label maps -> their task's dtype (int64 for segmentation, float32 for binary tasks);
-    depth and normals pass through. Works on any device: a preset applies it last, so ``dataset[i]`` is the
-    contract, and :class:`~densemtl.data.datamodule.MultiTaskDataModule` moves it to
-    ``on_after_batch_transfer`` (see :func:`split_contract`), so both give the same numbers.
+    8-bit normal codes -> float32 (:func:`decode_normals_png8`), the zero vector outside
+    ``meta['valid_box']``; float normals and depth pass through. Works on any device: a preset applies it
+    last, so ``dataset[i]`` is the contract, and :class:`~densemtl.data.datamodule.MultiTaskDataModule`
+    moves it to ``on_after_batch_transfer`` (see :func:`split_contract`), so both give the same numbers.
 
     Args:
         mean: per-channel mean on [0, 1] pixels (RGB), or None for no centring.
@@ -978,26 +1032,46 @@ class ToContract(Transform):
         out = dict(sample)
         image = sample["image"]
         scale, shift = self._scale_shift(image.device)
-        out["image"] = x = torch.addcmul(shift, image.float(), scale)
+        out["image"] = torch.addcmul(shift, image.float(), scale)
+        boxes = _valid_boxes(sample, batched=image.dim() == 4)
         if self.zero_padding:
-            metas = sample.get("meta", {})
-            planes, metas = (x, metas) if x.dim() == 4 else (x[None], [metas])
-            for plane, meta in zip(planes, metas, strict=True):
-                if meta and "valid_box" in meta:
-                    _zero_outside(plane, meta["valid_box"])
+            _zero_outside(out["image"], boxes)
         for key, value in sample.items():
-            if key not in ("image", "meta") and _kind(key) == "label":
+            if key in ("image", "meta"):
+                continue
+            kind = _kind(key)
+            if kind == "label":
                 out[key] = value.to(TASKS[key].target_dtype)
+            elif kind == "normals" and value.dtype == torch.uint8:
+                out[key] = _zero_outside(decode_normals_png8(value), boxes)
         return out
 
 
-def _zero_outside(x: torch.Tensor, box: Sequence[int]) -> None:
-    """Set a (C, H, W) tensor to 0 outside ``box = (top, left, height, width)``, in place."""
-    top, left, h, w = (int(v) for v in box)
-    x[:, :top] = 0
-    x[:, top + h :] = 0
-    x[:, :, :left] = 0
-    x[:, :, left + w :] = 0
+def _valid_boxes(sample: Sample, batched: bool) -> list[tuple[int, int, int, int] | None]:
+    """``meta['valid_box']`` of each sample of a batch (or of the one sample); None where there is none."""
+    metas = sample.get("meta", [] if batched else {})
+    metas = metas if batched else [metas]
+    return [tuple(int(v) for v in m["valid_box"]) if m and "valid_box" in m else None for m in metas]
+
+
+def _zero_outside(x: torch.Tensor, boxes: list[tuple[int, int, int, int] | None]) -> torch.Tensor:
+    """Set a (C, H, W) tensor, or each (C, H, W) plane of a batch, to 0 outside its box, in place.
+
+    Args:
+        x: (C, H, W) with one box, or (B, C, H, W) with B boxes ``(top, left, height, width)`` (None: keep).
+    """
+    planes = x if x.dim() == 4 else x[None]
+    if len(boxes) != planes.shape[0]:
+        raise ValueError(f"{planes.shape[0]} samples but {len(boxes)} meta entries")
+    for plane, box in zip(planes, boxes):
+        if box is None:
+            continue
+        top, left, h, w = box
+        plane[:, :top] = 0
+        plane[:, top + h :] = 0
+        plane[:, :, :left] = 0
+        plane[:, :, left + w :] = 0
+    return x
 
 
 def split_contract(pipeline: Compose) -> tuple[Compose, ToContract | None]:
@@ -1176,7 +1250,9 @@ def preset_invpt(
     size = _size_for("invpt", family, size)
     steps: list[Transform] = []
     if train:
-        steps.append(RandomScaleCrop(size, scale_range=scale_range, cat_max_ratio=cat_max_ratio, flip=flip))
+        steps.append(
+            RandomScaleCrop(size, scale_range=scale_range, cat_max_ratio=cat_max_ratio, flip=flip, uint8_image=True)
+        )
         if distort:
             steps.append(PhotometricDistortion())
     steps += [ToCompact(), CentredPad(size, protocol="InvPT"), ToContract(mean, std, zero_padding=True)]
