@@ -144,3 +144,31 @@ def test_bad_arguments(tmp_path):
     (tmp_path / "c" / "x").write_text("")
     with pytest.raises(ValueError, match="not empty"):
         generate_synth_nyud(tmp_path / "c", train=1, val=0, size=(16, 16))
+
+
+def test_png_level_is_lossless_and_checked(tmp_path):
+    from PIL import Image
+
+    from densemtl.data.nyud import write_nyud_sample
+    from densemtl.data.pascal import write_normals, write_saliency
+
+    rng = np.random.default_rng(0)
+    ramp = np.add.outer(np.arange(48), np.arange(64)) % 256  # compressible, so the levels differ in size
+    image = np.stack([ramp, ramp // 2, 255 - ramp], axis=-1).astype(np.uint8)
+    image[::7, ::5] = rng.integers(0, 256, (7, 13, 3), dtype=np.uint8)
+    semseg = rng.integers(0, 13, (48, 64))
+    sizes = {}
+    for level in (1, 9):
+        write_nyud_sample(tmp_path / f"l{level}", "a", image, semseg, png_level=level)
+        back = np.asarray(Image.open(tmp_path / f"l{level}" / "images" / "a.png"))
+        np.testing.assert_array_equal(back, image)
+        labels = np.asarray(Image.open(tmp_path / f"l{level}" / "segmentation" / "a.png"))
+        np.testing.assert_array_equal(labels, semseg + 1)  # stored as v + 1
+        sizes[level] = (tmp_path / f"l{level}" / "images" / "a.png").stat().st_size
+    assert sizes[1] >= sizes[9]
+    write_saliency(tmp_path / "p", "s", image[..., 0], png_level=0)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "p" / "sal_distill" / "s.png")), image[..., 0])
+    with pytest.raises(ValueError, match="png_level"):
+        write_nyud_sample(tmp_path / "bad", "a", image, png_level=10)
+    with pytest.raises(ValueError, match="png_level"):
+        write_normals(tmp_path / "bad", "a", image, png_level=-1)
