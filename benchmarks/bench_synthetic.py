@@ -1,20 +1,24 @@
 """Speed of the synthetic generators, the real-NYUv2 reference statistics, and the sample pictures.
 
-* speed (default): generates ``--images`` synth-nyud images at 240x320 with ``--workers`` processes
-  (default 1) into a temporary folder and prints images/s, with the render-only rate beside it; then the
-  same for synth-pascal.
+* speed (default): renders ``--images`` synth-nyud images at 240x320 in this process (CPU ms per image),
+  then generates them (render + write files) with each ``--workers`` count (default ``1 2``) into a
+  temporary folder and prints wall-clock images/s and images/s per core from CPU time (this process and
+  its worker processes, user + system), with the load average (the machine may be shared: CPU time is the
+  figure that does not depend on the other load); then the same for synth-pascal.
 * ``--real-stats``: the real NYUv2 statistics embedded in ``densemtl.data.synthetic.card`` (depth,
   brightness, class fractions), recomputed from ``../shared/data/nyudv2_mini``.
 * ``--grid``: writes ``benchmarks/results/synth_{nyud,pascal}_grid.png`` (a few samples, every task
   coloured with ``densemtl.viz.grid``), read back through the registered readers.
 
-Usage: ``python benchmarks/bench_synthetic.py [--images 40] [--workers 1] [--real-stats] [--grid] [--smoke]``.
+Usage: ``python benchmarks/bench_synthetic.py [--images 40] [--workers 1 2] [--real-stats] [--grid] [--smoke]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import resource
 import tarfile
 import tempfile
 import time
@@ -34,8 +38,14 @@ REAL = ROOT.parent / "shared" / "data" / "nyudv2_mini"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def speed(images: int, workers: int, size: tuple[int, int]) -> None:
-    """Print images/s of rendering alone and of full generation (rendering + writing files)."""
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished child processes."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def speed(images: int, workers: list[int], size: tuple[int, int]) -> None:
+    """Print the CPU time of rendering alone and the rates of full generation (rendering + writing files)."""
     for name, gen, render in (
         ("synth-nyud", generate_synth_nyud, lambda i: render_nyud_image(image_rng(0, "train", i), size)),
         ("synth-pascal", generate_synth_pascal, lambda i: render_pascal_image(image_rng(0, "train", i), size)),
@@ -44,15 +54,18 @@ def speed(images: int, workers: int, size: tuple[int, int]) -> None:
         t = time.process_time()
         for i in range(images):
             render(i)
-        render_rate = images / max(time.process_time() - t, 1e-9)
-        with tempfile.TemporaryDirectory() as tmp:
-            t = time.perf_counter()
-            gen(Path(tmp) / "d", train=images, val=0, size=size, workers=workers)
-            rate = images / (time.perf_counter() - t)
-        print(
-            f"{name}: {size[0]}x{size[1]}, {images} images, {workers} worker(s): {rate:.1f} images/s generated "
-            f"(render + write, wall clock); rendering alone {render_rate:.1f} images/s per core (CPU time)"
-        )
+        render_ms = 1000 * (time.process_time() - t) / images
+        print(f"{name} {size[0]}x{size[1]}: rendering alone {render_ms:.1f} ms CPU per image ({images} images)")
+        for k in workers:
+            with tempfile.TemporaryDirectory() as tmp:
+                load = os.getloadavg()[0]
+                cpu, wall = _cpu_seconds(), time.perf_counter()
+                gen(Path(tmp) / "d", train=images, val=0, size=size, workers=k)
+                wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+            print(
+                f"  generate, {k} worker(s): {images / wall:.1f} images/s wall clock, {1000 * cpu / images:.1f} ms "
+                f"CPU per image = {images / cpu:.1f} images/s per core (load average {load:.2f} before)"
+            )
 
 
 def real_stats() -> None:
@@ -100,7 +113,7 @@ def pictures(size: tuple[int, int], n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=40)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to time")
     parser.add_argument("--size", type=str, default="240x320")
     parser.add_argument("--real-stats", action="store_true")
     parser.add_argument("--grid", action="store_true")
@@ -112,7 +125,7 @@ def main() -> None:
     if args.grid:
         pictures(size, 4)
     if args.smoke:
-        speed(4, 1, (60, 80))
+        speed(4, [1], (60, 80))
     elif not (args.real_stats or args.grid):
         speed(args.images, args.workers, size)
 
