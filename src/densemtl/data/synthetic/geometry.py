@@ -255,15 +255,21 @@ def intersect_room(size: np.ndarray, origin: np.ndarray, dirs: np.ndarray) -> tu
         t (N,) and the face index (N,) int: 0 floor (z = 0), 1 ceiling (z = H), 2 wall x = 0, 3 wall x = W,
         4 wall y = 0, 5 wall y = D.
     """
+    per_axis, positive = [], []
     with np.errstate(divide="ignore", invalid="ignore"):
-        bound = np.where(dirs > 0, size, 0.0)
-        t_axes = (bound - origin) / dirs
-    t_axes = np.where(np.isfinite(t_axes) & (t_axes > 0), t_axes, np.inf)
-    axis = np.argmin(t_axes, axis=1)
-    t = t_axes[np.arange(len(dirs)), axis]
-    positive = dirs[np.arange(len(dirs)), axis] > 0
-    face_of_axis = np.array([[2, 3], [4, 5], [0, 1]])
-    return t, face_of_axis[axis, positive.astype(np.int64)]
+        for k in range(3):
+            dk = dirs[:, k]
+            up = dk > 0
+            tk = np.where(up, size[k] - origin[k], -origin[k]) / dk
+            per_axis.append(np.where(np.isfinite(tk) & (tk > 0), tk, np.inf))
+            positive.append(up)
+    t0, t1, t2 = per_axis
+    on_x = (t0 <= t1) & (t0 <= t2)  # first minimum, as argmin
+    on_y = ~on_x & (t1 <= t2)
+    t = np.where(on_x, t0, np.where(on_y, t1, t2))
+    up = np.where(on_x, positive[0], np.where(on_y, positive[1], positive[2]))
+    face = np.where(on_x, 2, np.where(on_y, 4, 0)) + up
+    return t, face
 
 
 ROOM_FACE_NORMALS = np.array([[0, 0, 1], [0, 0, -1], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]], dtype=np.float64)
