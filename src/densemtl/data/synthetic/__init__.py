@@ -5,7 +5,7 @@ boundaries all come from the same 3D geometry. Modules, one job each:
 
 * ``camera``: NYU-like pinhole camera, ray generation, back-projection.
 * ``geometry``: ray-primitive intersection (boxes, ellipsoids, cylinders, the room shell).
-* ``raycast``: direction-binned culling, closest hits, shadow rays.
+* ``raycast``: culling (image rectangles, light cube maps, direction cones), closest hits, shadow rays.
 * ``textures``, ``shading``: procedural albedo per class family; Lambertian shading, exposure, noise.
 * ``render``: a scene and a camera -> every task at once.
 * ``builder``, ``scene_nyud``, ``scene_pascal``: the scene grammars.

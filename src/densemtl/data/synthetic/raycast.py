@@ -1,11 +1,17 @@
-"""Closest-hit and shadow queries over many primitives, with bounding-cone culling.
+"""Closest-hit and shadow queries over many primitives, with culling so that each is tested on few rays.
 
-A ray from a common origin can only hit a primitive whose bounding sphere (centre c, radius r) it passes
-within, i.e. whose direction lies in the cone of half-angle asin(r / |c - origin|) around c - origin.
-Rays are bucketed once by direction (azimuth x elevation cells, one sort); each primitive then gathers
-the rays of the cells its cone overlaps (contiguous slices of the sorted order), keeps those inside the
-cone, and is intersected with those only. Camera rays share the camera centre; shadow rays are cast
-*from* each point light towards the shaded points, so they share the light position.
+Every query shares one ray origin, and a primitive can only be hit by rays that pass through its bounding
+box (``Shape.half_extent``). Three cullings, all conservative (tests compare them with brute force):
+
+* camera rays (:func:`closest_hit_image`, used by the renderer): the box is projected into the image
+  (clipped at the image plane, :func:`projected_bounds`) and the primitive is intersected with the pixels
+  of that rectangle only, as contiguous image slices;
+* shadow rays (:func:`occluded`): rays are cast *from* each point light towards the shaded points and
+  bucketed on a cube around the light (:class:`CubeIndex`); each primitive gathers the rays of the cells
+  its projected box overlaps, keeps those inside the exact face rectangle and ending beyond its bounding
+  sphere;
+* general rays (:func:`closest_hit`, and :func:`occluded` with bounding ``groups``): bounding-sphere cones
+  over an azimuth x elevation bucketing (:class:`DirectionIndex`, :func:`query_many`).
 """
 
 from __future__ import annotations
