@@ -4,10 +4,15 @@ Writes (once) a small dataset with realistic content (smooth textured images tha
 piecewise labels, depth 0.5-10 m, normals from the depth, label edges) with the ``nyud`` writer, then
 measures samples/s, reading from disk included:
 
-* ``read``: the reader alone (PNG/npy decoding and conversion);
-* ``transform``: the ``invpt`` training preset alone, on samples held in memory;
-* ``in-process``: reader + preset, one torch thread, no DataLoader;
-* ``loader, N workers``: a DataLoader (``MultiTaskDataModule``) with N workers, batch 8, after start-up.
+* ``read``: the reader alone (PNG/npy decoding and conversion), with float normals (``dataset[i]``) and
+  with 8-bit normal codes (``normals_png8``, what the DataModule's loaders read);
+* ``transform``: the ``invpt`` training preset alone, on samples held in memory: the whole pipeline (the
+  sample contract) and without its last step (the compact encoding the loader workers produce);
+* ``in-process``: reader + preset, one torch thread, no DataLoader: the contract, and the loader workers'
+  share of the work (compact);
+* ``loader, N workers``: a DataLoader (``MultiTaskDataModule``) with N workers, batch 8, after start-up;
+  compact encoding (the default) and, with ``--plain``, ``compact=False`` (the contract through shared
+  memory). The device-side conversion (``on_after_batch_transfer``) is not included.
 
 Each figure is given per wall-clock second and per CPU second of the process doing the work (the
 workers for a DataLoader): on a shared machine the second tells what one free core would do.
@@ -30,7 +35,7 @@ import torch
 
 from densemtl.data.datamodule import MultiTaskDataModule, keep_freed_memory
 from densemtl.data.nyud import NYUD, write_nyud_sample, write_split
-from densemtl.data.transforms import build_transform
+from densemtl.data.transforms import build_transform, split_contract
 
 SIZE = (425, 560)
 
@@ -96,10 +101,14 @@ def _cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
-def loader_rate(root: Path, workers: int, seconds: float, batch_size: int = 8) -> tuple[float, float]:
+def loader_rate(
+    root: Path, workers: int, seconds: float, batch_size: int = 8, compact: bool = True
+) -> tuple[float, float]:
     """(samples per wall second, samples per CPU second of the workers) through the DataModule's
     training loader, after the first batch (in-process CPU time when ``workers`` is 0)."""
-    dm = MultiTaskDataModule("nyud", root=str(root), preset="invpt", batch_size=batch_size, num_workers=workers, seed=0)
+    dm = MultiTaskDataModule(
+        "nyud", root=str(root), preset="invpt", batch_size=batch_size, num_workers=workers, seed=0, compact=compact
+    )
     loader = dm.train_dataloader()
     it = iter(loader)
     next(it)
@@ -117,6 +126,7 @@ def loader_rate(root: Path, workers: int, seconds: float, batch_size: int = 8) -
             continue
         count += len(batch["meta"])
     wall, used = time.perf_counter() - start, cpu() - cpu0
+    del it, loader  # shut the workers down now
     return count / wall, count / used if used > 0 else float("nan")
 
 
@@ -126,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=32, help="frames to write")
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring time per figure")
     parser.add_argument("--workers", type=int, nargs="*", default=[1], help="DataLoader worker counts to measure")
-    parser.add_argument("--profile", action="store_true", help="print a cProfile of the in-process pipeline")
+    parser.add_argument("--plain", action="store_true", help="also measure loaders with compact=False")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of the loader workers' work")
     parser.add_argument("--smoke", action="store_true", help="tiny quick run")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -136,28 +147,36 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()  # as DataLoader workers do (seed_worker)
     with tempfile.TemporaryDirectory() as tmp:
         root = ensure_dataset(args.root or Path(tmp) / "NYUDv2", args.samples)
-        reader = NYUD(root, "train")
+        reader, coded = NYUD(root, "train"), NYUD(root, "train", normals_png8=True)
         transform = build_transform("invpt", train=True, family="nyud")
+        compact = split_contract(transform)[0]
         torch.manual_seed(0)
         loaded = [reader.load(i) for i in range(min(len(reader), 8))]
+        loaded_coded = [coded.load(i) for i in range(min(len(coded), 8))]
         index = iter(range(10**9))
 
-        def read() -> None:
-            reader.load(next(index) % len(reader))
+        def read(r: NYUD = reader) -> None:
+            r.load(next(index) % len(r))
 
-        def trans() -> None:
-            transform(loaded[next(index) % len(loaded)])
+        def trans(t=transform, samples=loaded) -> None:
+            t(samples[next(index) % len(samples)])
 
-        def both() -> None:
-            transform(reader.load(next(index) % len(reader)))
+        def both(r: NYUD = reader, t=transform) -> None:
+            t(r.load(next(index) % len(r)))
 
         rows = [
             ("read (nyud reader)", rate(read, args.seconds)),
-            ("transform (invpt train)", rate(trans, args.seconds)),
-            ("in-process read + transform", rate(both, args.seconds)),
+            ("read (normals_png8, loaders)", rate(lambda: read(coded), args.seconds)),
+            ("transform (invpt train, contract)", rate(trans, args.seconds)),
+            ("transform (compact, loaders)", rate(lambda: trans(compact, loaded_coded), args.seconds)),
+            ("in-process read + transform (contract)", rate(both, args.seconds)),
+            ("in-process read + transform (compact)", rate(lambda: both(coded, compact), args.seconds)),
         ]
         for workers in args.workers:
             rows.append((f"DataLoader, {workers} worker(s), batch 8", loader_rate(root, workers, args.seconds)))
+            if args.plain:
+                rate_plain = loader_rate(root, workers, args.seconds, compact=False)
+                rows.append((f"DataLoader, {workers} worker(s), compact=False", rate_plain))
 
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"invpt train preset, NYUD 'nyud' layout {SIZE[0]}x{SIZE[1]} -> 448x576, torch threads = 1")
@@ -169,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
             prof = cProfile.Profile()
             prof.enable()
             for _ in range(40 if not args.smoke else 4):
-                both()
+                both(coded, compact)
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(15)
 
