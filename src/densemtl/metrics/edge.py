@@ -29,8 +29,10 @@ Differences from SEISM (why the number is approximate):
 - image size: the diagonal is that of the target given to ``update``: pass the unpadded original-size
   maps (the engine crops padding before updating); pixels whose target is 255 are removed from both maps.
 
-Cost: thinning and matching run on the CPU for every image and threshold; ``benchmarks/bench_odsf.py``
-prints ms/image.
+Cost: thinning and matching run on the CPU (numpy/scipy, one core) for every image and threshold:
+about 0.5 s per 240×320 image and 1.6–2.2 s per 480×640 image at 99 thresholds on a slow shared CPU
+(``benchmarks/bench_odsf.py``). For per-epoch validation use the loss meter only (``odsf=False`` in
+:func:`densemtl.metrics.collection.build_task_metrics`) or fewer ``thresholds``; keep 99 for reported numbers.
 """
 
 from __future__ import annotations
