@@ -91,3 +91,16 @@ def test_static_weighting_uses_family_defaults_in_the_objective():
     # protocols.md §5.2 NYUD weights: semseg 1, depth 1, normals 10, edge 50 (same init, same batch)
     expected = losses.main["semseg"] + losses.main["depth"] + 10 * losses.main["normals"] + 50 * losses.main["edge"]
     assert objective.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_validation_skips_odsf_by_default_and_test_computes_it():
+    module = MultiTaskModule(
+        tasks=TASKS, num_classes={"semseg": 3}, family="nyud", arch_args={"pretrained": None}, scheduler="none"
+    )
+    batch = _batch()
+    preds = module.model(batch["image"]).preds
+    module.val_metrics.update(preds, batch)
+    module.test_metrics.update(preds, batch)
+    assert "odsf" not in module.val_metrics.compute()["edge"]
+    assert "loss" in module.val_metrics.compute()["edge"]
+    assert 0.0 <= module.test_metrics.compute()["edge"]["odsf"] <= 100.0

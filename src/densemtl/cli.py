@@ -59,7 +59,8 @@ def _run_generate(args: Sequence[str]) -> Any:
 
     from densemtl.data.synthetic import generate_synth_nyud, generate_synth_pascal
 
-    return CLI({"synth-nyud": generate_synth_nyud, "synth-pascal": generate_synth_pascal}, args=list(args))
+    generators = {"synth-nyud": generate_synth_nyud, "synth-pascal": generate_synth_pascal}
+    return CLI(generators, args=list(args), as_positional=False)  # every option named: --out DIR
 
 
 def _run_convert(args: Sequence[str]) -> Any:

@@ -32,6 +32,9 @@ __all__ = ["MultiTaskModule", "build_from_registry"]
 
 log = logging.getLogger(__name__)
 
+DEFAULT_VAL_METRICS_ARGS: dict[str, dict[str, Any]] = {"edge": {"odsf": False}}
+"""Validation-only metric options: odsF is costly, so validation reports the edge loss (§4.5)."""
+
 
 def build_from_registry(registry: Any, kind: str, name: str, args: Mapping[str, Any] | None, **given: Any) -> Any:
     """Instantiate ``registry.get(name)(**given, **args)`` with a clear error for wrong arguments."""
@@ -70,7 +73,11 @@ class MultiTaskModule(L.LightningModule):
             over ``trainer.estimated_stepping_batches``.
         poly_power: exponent of the poly schedule.
         metrics_protocol: metric protocol preset (``default``, ``mtinet``, ``invpt``, ...).
-        metrics_args: task -> metric options overriding the preset.
+        metrics_args: task -> metric options overriding the preset (validation and test).
+        val_metrics_args: task -> options for validation only, over ``metrics_args``. Default:
+            ``{"edge": {"odsf": False}}``: edge odsF (about 0.5 s per 240x320 image on a CPU core) is
+            computed at test time only, and validation reports the edge loss, as every reference
+            lineage does during training (``protocols.md`` §4.5). Entries for tasks not trained are ignored.
         delta_m_reference: STL reference table entry for Δm (e.g. ``nyud/mtcp_stl``); None picks the
             family's default if one exists.
         log_images: number of validation images logged to TensorBoard per epoch (0 disables).
@@ -94,6 +101,7 @@ class MultiTaskModule(L.LightningModule):
         poly_power: float = 0.9,
         metrics_protocol: str = "default",
         metrics_args: dict[str, dict[str, Any]] | None = None,
+        val_metrics_args: dict[str, dict[str, Any]] | None = None,
         delta_m_reference: str | None = None,
         log_images: int = 4,
     ) -> None:
@@ -114,10 +122,16 @@ class MultiTaskModule(L.LightningModule):
             raise ValueError(f"model {arch!r} does not produce task(s) {missing}; it produces {list(self.model.tasks)}")
         self.criterion = MultiTaskCriterion(self.tasks, **(criterion_args or {}))
         self.weighting: Weighting = build_from_registry(WEIGHTINGS, "weighting", weighting, weighting_args)
-        self.val_metrics = MultiTaskMetrics(
+        self.test_metrics = MultiTaskMetrics(
             self.tasks, dict(num_classes or {}), protocol=metrics_protocol, options=metrics_args
         )
-        self.test_metrics = self.val_metrics.clone()
+        val_args = {t: dict(v) for t, v in (metrics_args or {}).items()}
+        for task, options in (DEFAULT_VAL_METRICS_ARGS if val_metrics_args is None else val_metrics_args).items():
+            if task in self.tasks:
+                val_args[task] = {**val_args.get(task, {}), **options}
+        self.val_metrics = MultiTaskMetrics(
+            self.tasks, dict(num_classes or {}), protocol=metrics_protocol, options=val_args
+        )
         self._last_test_results: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ forward / training

@@ -166,7 +166,7 @@ def _expected_semseg(labels: np.ndarray, wall: int = 0, floor: int = 1) -> np.nd
 def test_convert_fake_mat_round_trip(tmp_path: Path, meta: dict[str, Path], shared_data: Path) -> None:
     mat = tmp_path / "nyu.mat"
     _write_fake_mat(mat, _names(shared_data))
-    out = convert_nyud_mat(mat, tmp_path / "NYUDv2", meta["mapping"], meta["splits"])
+    out = convert_nyud_mat(mat, out=tmp_path / "NYUDv2", class_mapping=meta["mapping"], splits=meta["splits"])
     assert (out / "gt_sets" / "train.txt").read_text() == "0001\n0003\n"
     assert (out / "gt_sets" / "val.txt").read_text() == "0002\n"
     readme = (out / "README.md").read_text()
@@ -199,7 +199,7 @@ def test_convert_matches_classes_by_name(tmp_path: Path, meta: dict[str, Path], 
     names[RAW_WALL - 1], names[RAW_FLOOR - 1] = names[RAW_FLOOR - 1], names[RAW_WALL - 1]
     mat = tmp_path / "swapped.mat"
     _write_fake_mat(mat, names)  # in this file raw 21 means 'floor' and raw 11 'wall'
-    out = convert_nyud_mat(mat, tmp_path / "o", meta["mapping"], meta["splits"], frames=[2])
+    out = convert_nyud_mat(mat, out=tmp_path / "o", class_mapping=meta["mapping"], splits=meta["splits"], frames=[2])
     assert (out / "gt_sets" / "train.txt").read_text() == "" and (out / "gt_sets" / "val.txt").read_text() == "0002\n"
     s = NYUD(out, "val", tasks=["semseg"]).load(0)
     np.testing.assert_array_equal(s["semseg"].numpy(), _expected_semseg(_frames()[2][1], wall=1, floor=0))
@@ -208,7 +208,9 @@ def test_convert_matches_classes_by_name(tmp_path: Path, meta: dict[str, Path], 
 def test_convert_crop(tmp_path: Path, meta: dict[str, Path]) -> None:
     mat = tmp_path / "nyu.mat"
     _write_fake_mat(mat, None)  # no names: positional mapping
-    out = convert_nyud_mat(mat, tmp_path / "c", meta["mapping"], meta["splits"], crop=(1, 2, 4, 5))
+    out = convert_nyud_mat(
+        mat, out=tmp_path / "c", class_mapping=meta["mapping"], splits=meta["splits"], crop=(1, 2, 4, 5)
+    )
     s = NYUD(out, "train").load(1)
     images, depths, labels = _frames()
     assert s["meta"]["size"] == (4, 5)
@@ -218,48 +220,48 @@ def test_convert_crop(tmp_path: Path, meta: dict[str, Path]) -> None:
 
 
 def test_convert_errors(tmp_path: Path, meta: dict[str, Path], shared_data: Path) -> None:
-    args = (meta["mapping"], meta["splits"])
+    args = {"class_mapping": meta["mapping"], "splits": meta["splits"]}
     with pytest.raises(FileNotFoundError, match=r"missing file .*absent\.mat"):
-        convert_nyud_mat(tmp_path / "absent.mat", tmp_path / "o", *args)
+        convert_nyud_mat(tmp_path / "absent.mat", out=tmp_path / "o", **args)
     mat = tmp_path / "nolabels.mat"
     _write_fake_mat(mat, None, skip="labels")
     with pytest.raises(ValueError, match=r"nolabels\.mat lacks dataset\(s\) \['labels'\]"):
-        convert_nyud_mat(mat, tmp_path / "o", *args)
+        convert_nyud_mat(mat, out=tmp_path / "o", **args)
     mat = tmp_path / "shape.mat"
     _write_fake_mat(mat, None, bad_shape=True)
     with pytest.raises(ValueError, match=r"'depths' has shape \(3, 6, 8\); expected \(3, 8, 6\)"):
-        convert_nyud_mat(mat, tmp_path / "o", *args)
+        convert_nyud_mat(mat, out=tmp_path / "o", **args)
     not_hdf5 = tmp_path / "v5.mat"
     scipy.io.savemat(not_hdf5, {"images": np.zeros((2, 2))})
     with pytest.raises(ValueError, match=r"cannot read .*v5\.mat as a MATLAB v7\.3 \(HDF5\) file"):
-        convert_nyud_mat(not_hdf5, tmp_path / "o", *args)
+        convert_nyud_mat(not_hdf5, out=tmp_path / "o", **args)
 
     good = tmp_path / "good.mat"
     _write_fake_mat(good, None)
     big_split = tmp_path / "big.mat"
     scipy.io.savemat(big_split, {"trainNdxs": np.array([[1], [4]]), "testNdxs": np.array([[2]])})
     with pytest.raises(ValueError, match=r"refers to frame 4 but .*good\.mat has only 3 frames"):
-        convert_nyud_mat(good, tmp_path / "o", meta["mapping"], big_split)
+        convert_nyud_mat(good, out=tmp_path / "o", class_mapping=meta["mapping"], splits=big_split)
     no_test = tmp_path / "notest.mat"
     scipy.io.savemat(no_test, {"trainNdxs": np.array([[1]])})
     with pytest.raises(ValueError, match=r"notest\.mat has no 'testNdxs'"):
-        convert_nyud_mat(good, tmp_path / "o", meta["mapping"], no_test)
+        convert_nyud_mat(good, out=tmp_path / "o", class_mapping=meta["mapping"], splits=no_test)
     with pytest.raises(ValueError, match=r"splits\.mat has no 'mapClass'"):
-        convert_nyud_mat(good, tmp_path / "o", meta["splits"], meta["splits"])
+        convert_nyud_mat(good, out=tmp_path / "o", class_mapping=meta["splits"], splits=meta["splits"])
     with pytest.raises(ValueError, match=r"frames \[7\] are in neither split"):
-        convert_nyud_mat(good, tmp_path / "o", *args, frames=[1, 7])
+        convert_nyud_mat(good, out=tmp_path / "o", **args, frames=[1, 7])
     with pytest.raises(ValueError, match=r"crop \(0, 0, 7, 8\).*6x8"):
-        convert_nyud_mat(good, tmp_path / "o", *args, crop=(0, 0, 7, 8))
+        convert_nyud_mat(good, out=tmp_path / "o", **args, crop=(0, 0, 7, 8))
     wrong_names = tmp_path / "names.mat"
     _write_fake_mat(wrong_names, [*_names(shared_data)[:-1], "no such class"])
     with pytest.raises(ValueError, match=r"missing from the class mapping: \['no such class'\]"):
-        convert_nyud_mat(wrong_names, tmp_path / "o", *args)
+        convert_nyud_mat(wrong_names, out=tmp_path / "o", **args)
 
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match=r"full is not empty"):
-        convert_nyud_mat(good, tmp_path / "full", *args)
-    convert_nyud_mat(good, tmp_path / "full", *args, overwrite=True)
+        convert_nyud_mat(good, out=tmp_path / "full", **args)
+    convert_nyud_mat(good, out=tmp_path / "full", **args, overwrite=True)
     assert not (tmp_path / "full" / "keep.txt").exists() and (tmp_path / "full" / "gt_sets").is_dir()
 
 

@@ -284,6 +284,7 @@ are close to, but not guaranteed identical with, the published tables.
 
 def convert_nyud_mat(
     mat_path: str | Path,
+    *,
     out: str | Path,
     class_mapping: str | Path,
     splits: str | Path,

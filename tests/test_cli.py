@@ -1,0 +1,110 @@
+"""End to end through the `densemtl` command: generate, fit -> test -> predict (the demo path), errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from densemtl.cli import main
+from densemtl.demo import run_demo
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    out = run_demo(
+        out=str(root / "run"),
+        data_root=str(root / "data"),
+        train=8,
+        val=4,
+        size=(48, 64),
+        epochs=1,
+        batch_size=4,
+        workers=1,
+        predict_images=2,
+    )
+    return out, root / "data"
+
+
+def test_fit_writes_checkpoints_and_resolved_config(demo_run):
+    out, _ = demo_run
+    assert (out / "fit" / "checkpoints" / "last.ckpt").is_file()
+    assert list((out / "fit" / "checkpoints").glob("best-*.ckpt"))
+    config = (out / "fit" / "config.yaml").read_text()
+    assert "synth-nyud" in config and "arch: hps" in config
+
+
+def test_test_writes_metrics_json_and_table(demo_run):
+    out, _ = demo_run
+    metrics = json.loads((out / "test" / "test_metrics.json").read_text())
+    tasks = metrics["metrics"]
+    assert set(tasks) == {"semseg", "depth", "normals", "edge"}
+    assert 0.0 <= tasks["semseg"]["miou"] <= 100.0
+    assert tasks["depth"]["rmse"] > 0.0
+    assert 0.0 <= tasks["normals"]["mean"] <= 180.0
+    assert 0.0 <= tasks["edge"]["odsf"] <= 100.0
+    table = (out / "test" / "test_metrics.md").read_text()
+    assert "| semseg |" in table and "Δm" in table
+
+
+def test_predict_writes_one_png_per_task_at_the_original_size(demo_run):
+    out, data = demo_run
+    pred_dir = out / "predict" / "predictions"
+    names = sorted(p.stem for p in (out / "predict_inputs").glob("*.png"))
+    assert len(names) == 2
+    for name in names:
+        for task in ("semseg", "depth", "normals", "edge"):
+            with Image.open(pred_dir / task / f"{name}.png") as im:
+                assert im.size == (64, 48)
+        with Image.open(pred_dir / "overview" / f"{name}.png") as im:
+            assert im.size[1] > 48 and im.size[0] > 4 * 64
+    with Image.open(pred_dir / "edge" / f"{names[0]}.png") as im:
+        assert im.mode == "L"  # sigma(logit) * 255 grey, the SEISM export format
+    with Image.open(pred_dir / "semseg" / f"{names[0]}.png") as im:
+        assert np.asarray(im).shape == (48, 64, 3)
+
+
+def test_generate_command_writes_a_dataset_card(tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert main(["generate", "synth-nyud", "--out", str(out), "--train", "2", "--val", "1", "--size", "24x32"]) == 0
+    assert (out / "README.md").is_file()
+    assert len((out / "gt_sets" / "train.txt").read_text().split()) == 2
+    assert str(out) in capsys.readouterr().out
+
+
+def test_verify_dataset_reports_the_variant(demo_run, capsys):
+    _, data = demo_run
+    assert main(["verify-dataset", str(data)]) == 0
+    assert "nyud" in capsys.readouterr().out
+
+
+def _fit_args(tmp_path, data, *extra):
+    return [
+        "fit",
+        "--config=src/densemtl/resources/demo.yaml",
+        f"--data.root={data}",
+        '--data.generate={"train": 8, "val": 4, "size": [48, 64], "seed": 0, "workers": 1}',
+        "--data.train_size=[48, 64]",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.fast_dev_run=1",
+        *extra,
+    ]
+
+
+def test_a_task_the_dataset_lacks_is_caught_before_training(demo_run, tmp_path, capsys):
+    _, data = demo_run
+    with pytest.raises((SystemExit, ValueError)) as info:
+        main(_fit_args(tmp_path, data, "--data.tasks=[semseg, sal]"))
+    message = str(info.value) + capsys.readouterr().err
+    assert "'sal'" in message and "semseg" in message and "depth" in message
+
+
+def test_unknown_model_lists_the_valid_names(demo_run, tmp_path, capsys):
+    _, data = demo_run
+    with pytest.raises((SystemExit, ValueError)) as info:
+        main(_fit_args(tmp_path, data, "--model.arch=resnet_mtl"))
+    message = str(info.value) + capsys.readouterr().err
+    assert "unknown model 'resnet_mtl'" in message and "'hps'" in message
