@@ -48,6 +48,7 @@ def test_test_writes_metrics_json_and_table(demo_run):
     assert 0.0 <= tasks["edge"]["odsf"] <= 100.0
     table = (out / "test" / "test_metrics.md").read_text()
     assert "| semseg |" in table and "Δm" in table
+    assert "trained_epochs: 1" in table
 
 
 def test_predict_writes_one_png_per_task_at_the_original_size(demo_run):

@@ -90,7 +90,23 @@ def _run_demo(args: Sequence[str]) -> Any:
 
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> DenseMTLCLI:
-    """Run the LightningCLI (``fit``, ``validate``, ``test``, ``predict``) with ``args``."""
+    """Run the LightningCLI (``fit``, ``validate``, ``test``, ``predict``) with ``args``.
+
+    Args:
+        args: the command line without the program name; None reads ``sys.argv``.
+        run: run the subcommand (else only parse and instantiate).
+    """
+    if args is not None:
+        # called from Python (the demo, tests): LightningCLI would warn that sys.argv is ignored
+        saved, sys.argv = sys.argv, sys.argv[:1]
+        try:
+            return _make_cli(list(args), run)
+        finally:
+            sys.argv = saved
+    return _make_cli(None, run)
+
+
+def _make_cli(args: list[str] | None, run: bool) -> DenseMTLCLI:
     return DenseMTLCLI(
         MultiTaskModule,
         MultiTaskDataModule,
@@ -99,7 +115,7 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> DenseMTLCLI
             "callbacks": [LearningRateMonitor(logging_interval="step")],
         },
         save_config_kwargs={"overwrite": True},
-        args=list(args) if args is not None else None,
+        args=args,
         run=run,
         parser_kwargs={"description": "densemtl: multi-task dense prediction"},
     )

@@ -30,7 +30,7 @@ def run_demo(
     train: int = 400,
     val: int = 100,
     size: tuple[int, int] = (120, 160),
-    epochs: int = 8,
+    epochs: int = 10,
     batch_size: int = 8,
     workers: int = 2,
     arch: str = "hps",

@@ -133,6 +133,7 @@ class MultiTaskModule(L.LightningModule):
             self.tasks, dict(num_classes or {}), protocol=metrics_protocol, options=val_args
         )
         self._last_test_results: dict[str, Any] | None = None
+        self._loaded_progress: dict[str, int] = {}
 
     # ------------------------------------------------------------------ forward / training
     def forward(self, images: Tensor):  # noqa: D401 - Lightning hook
@@ -232,12 +233,19 @@ class MultiTaskModule(L.LightningModule):
                     "weighting": self.hparams.weighting,
                     "metrics_protocol": self.hparams.metrics_protocol,
                     "family": self.family,
-                    "epoch": int(self.current_epoch),
-                    "global_step": int(self.global_step),
+                    "checkpoint": self.trainer.ckpt_path,
+                    **self._loaded_progress,
                 },
                 delta_m=delta,
             )
             log.info("test metrics written to %s and %s", json_path, md_path)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Remember the training progress of a loaded checkpoint for the results file."""
+        self._loaded_progress = {
+            "trained_epochs": int(checkpoint.get("epoch", -1)) + 1,
+            "trained_steps": int(checkpoint.get("global_step", 0)),
+        }
 
     # ------------------------------------------------------------------ prediction
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:

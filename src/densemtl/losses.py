@@ -35,7 +35,6 @@ from densemtl.tasks import IGNORE_INDEX, check_tasks, get_task
 
 __all__ = [
     "LOSSES",
-    "TASK_LOSS_DEFAULTS",
     "MultiTaskCriterion",
     "TaskLosses",
     "balanced_bce",
@@ -52,13 +51,6 @@ __all__ = [
 LossFn = Callable[..., Tensor]
 LOSSES: Registry[LossFn] = Registry("loss")
 register_loss = LOSSES.register
-
-TASK_LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
-    "edge": {"pos_weight": 0.95},
-    "sal": {"batch_balanced": True},
-}
-"""Default keyword arguments of a task's loss (facts from ``spec/protocols.md`` §5.1): the edge BCE uses a
-fixed positive weight, the saliency BCE the HED-style batch-balanced weight."""
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -378,7 +370,7 @@ class MultiTaskCriterion(nn.Module):
     Args:
         tasks: the tasks to score, in order.
         losses: task -> loss name in :data:`LOSSES` (default: ``Task.loss``).
-        loss_kwargs: task -> keyword arguments of its loss, merged over :data:`TASK_LOSS_DEFAULTS` (those
+        loss_kwargs: task -> keyword arguments of its loss, merged over ``Task.loss_kwargs`` (those
             defaults apply only where the chosen loss accepts them).
         aux_weights: aux name (a key of ``MultiTaskOutput.aux``) -> coefficient (default 1.0), e.g.
             ``{"initial": 1.0}`` (PAD-Net/CTAL), ``{"inter1": 0.5, "inter2": 0.5}`` (MT-CP), 1/4 per scale
@@ -411,7 +403,7 @@ class MultiTaskCriterion(nn.Module):
         self.loss_kwargs: dict[str, dict[str, Any]] = {}
         for t in self.tasks:
             accepted = inspect.signature(LOSSES.get(self.loss_names[t])).parameters
-            kwargs = {k: v for k, v in TASK_LOSS_DEFAULTS.get(t, {}).items() if k in accepted}
+            kwargs = {k: v for k, v in get_task(t).loss_kwargs.items() if k in accepted}
             if "pos_weight" in kwargs:
                 kwargs["pos_weight"] = edge_pos_weight
             kwargs.update(loss_kwargs.get(t, {}))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -63,6 +63,8 @@ class Task:
         target_channels: 0 for label maps of shape (H, W), else C of a (C, H, W) target.
         ignore_value: the value marking invalid target pixels (255, 0 for depth, 0-vector for normals).
         loss: default loss name (see ``densemtl.losses``).
+        loss_kwargs: default keyword arguments of that loss (``protocols.md`` §5.1), used where the
+            chosen loss accepts them.
         loss_weights: default loss weight per dataset family (``nyud``, ``pascal``, ``nyuv2_13``).
         metrics: reported metrics with directions; the first is the task's primary metric (Δm).
         fixed_channels: model output channels when they do not depend on the dataset (None: the number
@@ -76,6 +78,7 @@ class Task:
     target_channels: int
     ignore_value: float
     loss: str
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
     loss_weights: dict[str, float] = field(default_factory=dict)
     metrics: tuple[MetricSpec, ...] = ()
     fixed_channels: int | None = None
@@ -184,6 +187,7 @@ TASKS: dict[str, Task] = {
             target_channels=1,
             ignore_value=IGNORE_INDEX,
             loss="balanced_bce",
+            loss_kwargs={"pos_weight": 0.95},  # edge_w of MTI-Net / InvPT (MLoRE: 0.925 / 0.88)
             loss_weights={"nyud": 50.0, "pascal": 50.0},
             metrics=(MetricSpec("odsf", True, True), MetricSpec("loss", False)),
             fixed_channels=1,
@@ -196,6 +200,7 @@ TASKS: dict[str, Task] = {
             target_channels=1,
             ignore_value=IGNORE_INDEX,
             loss="balanced_bce",
+            loss_kwargs={"batch_balanced": True},  # HED-style weight: the batch's fraction of negatives
             loss_weights={"pascal": 5.0},
             metrics=(MetricSpec("maxf", True, True), MetricSpec("miou", True, True)),
             fixed_channels=1,
