@@ -109,3 +109,17 @@ def test_unknown_model_lists_the_valid_names(demo_run, tmp_path, capsys):
         main(_fit_args(tmp_path, data, "--model.arch=resnet_mtl"))
     message = str(info.value) + capsys.readouterr().err
     assert "unknown model 'resnet_mtl'" in message and "'hps'" in message
+
+
+def test_fit_resumes_from_the_last_checkpoint(demo_run, tmp_path):
+    import torch
+
+    out, data = demo_run
+    last = out / "fit" / "checkpoints" / "last.ckpt"
+    before = torch.load(last, map_location="cpu", weights_only=False)
+    args = _fit_args(tmp_path, data, f"--ckpt_path={last}", "--trainer.max_epochs=2", "--data.batch_size=4")
+    args.remove("--trainer.fast_dev_run=1")
+    assert main(args) == 0
+    resumed = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    assert before["epoch"] == 0 and resumed["epoch"] == 1
+    assert resumed["global_step"] == 2 * before["global_step"]
