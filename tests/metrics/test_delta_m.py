@@ -86,7 +86,7 @@ def test_missing_references_never_raise():
     assert no_default.value is None and "nyud/mtcp_stl" in no_default.reason
     unknown = compute_delta_m(run, reference="nyud/invented")
     assert unknown.value is None and "unknown STL reference 'nyud/invented'" in unknown.reason
-    unmeasured = compute_delta_m(run, reference="synthetic_nyud/stl")
+    unmeasured = compute_delta_m(run, reference="synthetic_pascal/stl")
     assert unmeasured.value is None and "not measured yet" in unmeasured.reason
     partial = compute_delta_m(run, reference="nyud/mtcp_stl")
     assert partial.value is None and "edge/odsf (not in the reference)" in partial.reason
