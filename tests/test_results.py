@@ -54,7 +54,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatc
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("densemtl.results.os.replace", fail)
+    monkeypatch.setattr("densemtl.io.os.replace", fail)
     with pytest.raises(OSError, match="disk full"):
         write_results({"depth": {"rmse": 2.0}}, tmp_path)
     assert json_path.read_text(encoding="utf-8") == old

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,23 +14,11 @@ from PIL import Image
 from torch import Tensor
 
 from densemtl.data.transforms import restore_predictions
+from densemtl.io import save_png
 from densemtl.tasks import get_task
 from densemtl.viz import colorize, tile_row, to_display
 
-__all__ = ["PredictionImageWriter", "save_png"]
-
-
-def save_png(array: np.ndarray, path: Path) -> None:
-    """Write a uint8 (H, W) or (H, W, 3) array as PNG atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = ["PredictionImageWriter"]
 
 
 def _task_png(task: str, pred: Tensor) -> np.ndarray:
@@ -94,14 +80,14 @@ class PredictionImageWriter(BasePredictionWriter):
             )
             for task, pred in restored.items():
                 path = out / task / f"{name}.png"
-                save_png(_task_png(task, pred), path)
+                save_png(path, _task_png(task, pred))
                 self.written.append(path)
                 if self.save_raw:
                     np.save(out / task / f"{name}.npy", pred.numpy())
             if self.overview:
                 image = _original_image(meta, batch["image"][i])
                 panels = {t: torch.from_numpy(_task_png(t, p)) for t, p in restored.items()}
-                save_png(_overview(image, panels), out / "overview" / f"{name}.png")
+                save_png(out / "overview" / f"{name}.png", _overview(image, panels))
 
 
 def _original_image(meta: Mapping[str, Any], normalised: Tensor) -> np.ndarray:

@@ -9,29 +9,17 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from densemtl import __version__
+from densemtl.io import atomic_write_text
 from densemtl.metrics.delta_m import DeltaMResult, metric_direction
 
 __all__ = ["format_markdown", "write_results"]
 
 ARROWS = {True: "↑", False: "↓", None: ""}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(value: Any) -> Any:
@@ -137,6 +125,6 @@ def write_results(
     }
     json_path = out / f"{name}_metrics.json"
     md_path = out / f"{name}_metrics.md"
-    _atomic_write(json_path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    _atomic_write(md_path, format_markdown(metrics, name, delta_m, extra))
+    atomic_write_text(json_path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(md_path, format_markdown(metrics, name, delta_m, extra))
     return json_path, md_path

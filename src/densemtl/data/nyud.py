@@ -23,17 +23,16 @@ in the order of ``classMapping40.mat`` / ``class13Mapping.mat`` of github.com/an
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from densemtl.data.base import DATASETS, DatasetNotFoundError, MultiTaskDataset, Sample, register_dataset
+from densemtl.io import atomic_write, save_jpg, save_png
 from densemtl.tasks import IGNORE_INDEX
 from densemtl.viz import grid
 
@@ -73,37 +72,6 @@ NYUD_TEST_SIZE = 654
 
 
 # ----------------------------------------------------------------------------------------------- I/O
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write a file through a temporary name in the same folder, then rename it into place.
-
-    Args:
-        path: the final file path; parent folders are created.
-        write: called with a binary file object open for writing.
-
-    Returns:
-        ``path`` as a :class:`Path`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _save_png(path: Path, array: np.ndarray, compress_level: int = 6) -> None:
-    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG", compress_level=compress_level))
-
-
-def _save_jpg(path: Path, array: np.ndarray, quality: int) -> None:
-    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="JPEG", quality=quality))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -619,15 +587,15 @@ def write_nyud_sample(
     depth_arr = _depth_array(depth, size) if depth is not None else None
     normals_png = encode_normals_png(_check_hw("normals", normals, size, 3)) if normals is not None else None
     edge_png = _binary("edge", edge, size).astype(np.uint8) * 255 if edge is not None else None
-    _save_png(root / "images" / f"{name}.png", image, png_level)
+    save_png(root / "images" / f"{name}.png", image, png_level)
     if labels is not None:
-        _save_png(root / "segmentation" / f"{name}.png", labels, png_level)
+        save_png(root / "segmentation" / f"{name}.png", labels, png_level)
     if depth_arr is not None:
         _save_npy(root / "depth" / f"{name}.npy", depth_arr)
     if normals_png is not None:
-        _save_png(root / "normals" / f"{name}.png", normals_png, png_level)
+        save_png(root / "normals" / f"{name}.png", normals_png, png_level)
     if edge_png is not None:
-        _save_png(root / "edge" / f"{name}.png", edge_png, png_level)
+        save_png(root / "edge" / f"{name}.png", edge_png, png_level)
 
 
 def write_nyud_mt_sample(
@@ -658,9 +626,9 @@ def write_nyud_mt_sample(
     depth_arr = _depth_array(depth, size) if depth is not None else None
     normals_arr = _check_hw("normals", normals, size, 3).astype(np.float32) if normals is not None else None
     edge_arr = _binary("edge", edge, size).astype(np.float32) if edge is not None else None
-    _save_jpg(root / "images" / f"{name}.jpg", image, jpeg_quality)
+    save_jpg(root / "images" / f"{name}.jpg", image, jpeg_quality)
     if labels is not None:
-        _save_png(root / "segmentation" / f"{name}.png", labels)
+        save_png(root / "segmentation" / f"{name}.png", labels)
     if depth_arr is not None:
         _save_npy(root / "depth" / f"{name}.npy", depth_arr)
     if normals_arr is not None:

@@ -31,12 +31,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.io
@@ -47,6 +46,7 @@ from skimage.morphology import thin
 
 from densemtl.data.base import DatasetNotFoundError, MultiTaskDataset, Sample, register_dataset
 from densemtl.data.pascal_classes import NYU_COMPATIBLE_CONTEXT_IDS
+from densemtl.io import atomic_write, save_jpg, save_png
 from densemtl.tasks import IGNORE_INDEX
 
 __all__ = [
@@ -156,43 +156,6 @@ class PascalObject:
     parts: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
-def _umask() -> int:
-    """The process umask (read without changing it where /proc allows)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Create ``path``'s folder, call ``write`` on a temporary file beside it, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _save_png(path: Path, array: np.ndarray, png_level: int = 6) -> Path:
-    """Write a PNG atomically; ``png_level`` is the zlib level 0..9 (lossless at every level, lower is faster)."""
-    if not 0 <= png_level <= 9:
-        raise ValueError(f"png_level must be a zlib compression level 0..9, got {png_level}")
-    image = Image.fromarray(np.ascontiguousarray(array))
-    return _atomic_write(path, lambda f: image.save(f, format="PNG", compress_level=png_level))
-
-
 def _check_2d(name: str, array: np.ndarray) -> np.ndarray:
     array = np.asarray(array)
     if array.ndim != 2:
@@ -215,9 +178,7 @@ def write_pascal_image(root: str | Path, name: str, image: np.ndarray, quality: 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
-    pil = Image.fromarray(image)
-    path = Path(root) / IMAGE_DIR / f"{name}.jpg"
-    return _atomic_write(path, lambda f: pil.save(f, format="JPEG", quality=quality, subsampling=0))
+    return save_jpg(Path(root) / IMAGE_DIR / f"{name}.jpg", image, quality, subsampling=0)
 
 
 def write_pascal_semseg(root: str | Path, name: str, labels: np.ndarray, png_level: int = 6) -> Path:
@@ -229,7 +190,7 @@ def write_pascal_semseg(root: str | Path, name: str, labels: np.ndarray, png_lev
     bad = (labels < 0) | ((labels > len(VOC_CLASSES) - 1) & (labels != IGNORE_INDEX))
     if bad.any():
         raise ValueError(f"semseg labels must be 0..20 or 255, got {sorted(np.unique(labels[bad]).tolist())[:10]}")
-    return _save_png(Path(root) / SEMSEG_DIRS[0] / f"{name}.png", labels.astype(np.uint8), png_level)
+    return save_png(Path(root) / SEMSEG_DIRS[0] / f"{name}.png", labels.astype(np.uint8), png_level)
 
 
 def _part_struct(parts: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
@@ -266,7 +227,7 @@ def write_part_annotation(root: str | Path, name: str, objects: Sequence[PascalO
     anno = np.zeros((1, 1), dtype=[("imname", object), ("objects", object)])
     anno[0, 0] = (str(name), objs)
     path = Path(root) / PARTS_DIR / f"{name}.mat"
-    return _atomic_write(path, lambda f: scipy.io.savemat(f, {"anno": anno}, do_compression=True))
+    return atomic_write(path, lambda f: scipy.io.savemat(f, {"anno": anno}, do_compression=True))
 
 
 def write_label_map(root: str | Path, name: str, label_map: np.ndarray) -> Path:
@@ -276,7 +237,7 @@ def write_label_map(root: str | Path, name: str, label_map: np.ndarray) -> Path:
         raise ValueError(f"label_map values must be non-negative class ids, got range {label_map.min()}..")
     data = {"LabelMap": label_map.astype(np.uint16)}
     path = Path(root) / LABELMAP_DIR / f"{name}.mat"
-    return _atomic_write(path, lambda f: scipy.io.savemat(f, data, do_compression=True))
+    return atomic_write(path, lambda f: scipy.io.savemat(f, data, do_compression=True))
 
 
 def write_saliency(root: str | Path, name: str, sal: np.ndarray, png_level: int = 6) -> Path:
@@ -292,7 +253,7 @@ def write_saliency(root: str | Path, name: str, sal: np.ndarray, png_level: int 
         if not np.isfinite(sal).all() or sal.min(initial=0) < 0 or sal.max(initial=0) > 1:
             raise ValueError("float saliency must lie in [0, 1]; pass uint8 for raw 0..255 values")
         sal = np.round(sal * 255.0).astype(np.uint8)
-    return _save_png(Path(root) / SAL_DIR / f"{name}.png", sal, png_level)
+    return save_png(Path(root) / SAL_DIR / f"{name}.png", sal, png_level)
 
 
 def write_normals(root: str | Path, name: str, normals: np.ndarray, png_level: int = 6) -> Path:
@@ -310,13 +271,13 @@ def write_normals(root: str | Path, name: str, normals: np.ndarray, png_level: i
         if not np.isfinite(n).all() or np.abs(n).max(initial=0) > 1 + 1e-6:
             raise ValueError("float normals must lie in [-1, 1]; pass uint8 for encoded 0..255 values")
         normals = np.round((np.clip(n, -1, 1) + 1.0) / 2.0 * 255.0).astype(np.uint8)
-    return _save_png(Path(root) / NORMALS_DIR / f"{name}.png", normals, png_level)
+    return save_png(Path(root) / NORMALS_DIR / f"{name}.png", normals, png_level)
 
 
 def write_split(root: str | Path, split: str, names: Sequence[str]) -> Path:
     """Write ``ImageSets/Context/<split>.txt``, one id per line."""
     text = "".join(f"{n}\n" for n in names).encode()
-    return _atomic_write(Path(root) / SPLIT_DIR / f"{split}.txt", lambda f: f.write(text))
+    return atomic_write(Path(root) / SPLIT_DIR / f"{split}.txt", lambda f: f.write(text))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -661,7 +622,7 @@ class PascalContext(MultiTaskDataset):
     def _write_cache(self, path: Path, entries: dict[str, list]) -> None:
         text = json.dumps({"version": 1, "root": str(self.root.resolve()), "split": self.split, "entries": entries})
         try:
-            _atomic_write(path, lambda f: f.write(text.encode()))
+            atomic_write(path, lambda f: f.write(text.encode()))
         except OSError as err:
             warnings.warn(f"could not write the PASCAL parts cache {path}: {err}", stacklevel=3)
 
