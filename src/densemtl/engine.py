@@ -132,7 +132,6 @@ class MultiTaskModule(L.LightningModule):
         self.val_metrics = MultiTaskMetrics(
             self.tasks, dict(num_classes or {}), protocol=metrics_protocol, options=val_args
         )
-        self._last_test_results: dict[str, Any] | None = None
         self._loaded_progress: dict[str, int] = {}
 
     # ------------------------------------------------------------------ forward / training
@@ -219,7 +218,6 @@ class MultiTaskModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         result = self._finish_eval(self.test_metrics, "test")
-        self._last_test_results = result
         if self.trainer.is_global_zero:
             out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             delta = result["delta_m"]
