@@ -29,9 +29,9 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from densemtl.data.base import DATASETS, DatasetNotFoundError, MultiTaskDataset, Sample, register_dataset
+from densemtl.data.imageio import read_gray, read_rgb
 from densemtl.io import atomic_write, save_jpg, save_png
 from densemtl.tasks import IGNORE_INDEX
 from densemtl.viz import grid
@@ -76,35 +76,6 @@ NYUD_TEST_SIZE = 654
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
-
-
-def _open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image file; unreadable or truncated files raise a ValueError naming it."""
-    if not path.is_file():
-        raise FileNotFoundError(f"missing file {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise ValueError(f"cannot read image file {path}: {err}") from err
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    """An RGB image file as uint8 (H, W, 3); other modes (L, P, RGBA, CMYK) are converted to RGB."""
-    im = _open_image(path)
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im)
-
-
-def _read_gray(path: Path) -> np.ndarray:
-    """A single-channel image file (L, P, I;16, I) as an integer array (H, W)."""
-    im = _open_image(path)
-    arr = np.asarray(im)
-    if arr.ndim != 2:
-        raise ValueError(f"expected a single-channel label image in {path}, got mode {im.mode} shape {arr.shape}")
-    return arr
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -240,7 +211,7 @@ class _NYUDBase(MultiTaskDataset):
         return sample
 
     def _load_image(self, name: str) -> np.ndarray:
-        return _read_rgb(self._file("image", name))
+        return read_rgb(self._file("image", name))
 
     def plot(self, sample: Sample, preds: dict[str, torch.Tensor] | None = None) -> np.ndarray:
         """An overview picture of a raw sample (from ``load``) and optional predictions, uint8 (H', W', 3)."""
@@ -286,7 +257,7 @@ class _SplitFileLayout(_NYUDBase):
 
     def _load_semseg(self, name: str) -> torch.Tensor:
         path = self._file("semseg", name)
-        return _shifted_labels(_read_gray(path), path, len(self.classes["semseg"]))
+        return _shifted_labels(read_gray(path), path, len(self.classes["semseg"]))
 
     def _load_depth(self, name: str) -> torch.Tensor:
         path = self._file("depth", name)
@@ -352,14 +323,14 @@ class NYUD(_SplitFileLayout):
 
     def _load_normals(self, name: str) -> torch.Tensor:
         path = self._file("normals", name)
-        rgb = _read_rgb(path)
+        rgb = read_rgb(path)
         if self.normals_png8:  # the codes v, decoded later (densemtl.data.transforms: 8-bit normals)
             return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
         return torch.from_numpy(np.ascontiguousarray(_NORMAL_PNG_LUT[rgb.transpose(2, 0, 1)]))
 
     def _load_edge(self, name: str) -> torch.Tensor:
         path = self._file("edge", name)
-        return _binary_tensor(_read_gray(path), path, 255)
+        return _binary_tensor(read_gray(path), path, 255)
 
 
 @register_dataset("nyud-mt")

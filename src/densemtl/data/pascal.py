@@ -40,11 +40,11 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.io
 import torch
-from PIL import Image
 from scipy import ndimage
 from skimage.morphology import thin
 
 from densemtl.data.base import DatasetNotFoundError, MultiTaskDataset, Sample, register_dataset
+from densemtl.data.imageio import open_image
 from densemtl.data.pascal_classes import NYU_COMPATIBLE_CONTEXT_IDS
 from densemtl.io import atomic_write, save_jpg, save_png
 from densemtl.tasks import IGNORE_INDEX
@@ -451,17 +451,6 @@ def read_label_map(path: str | Path) -> np.ndarray:
     return label_map.astype(np.int64)
 
 
-def _open_image(path: Path, what: str) -> Image.Image:
-    if not path.is_file():
-        raise FileNotFoundError(f"missing {what} file {path}")
-    try:
-        image = Image.open(path)
-        image.load()
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError on corrupt files
-        raise ValueError(f"cannot decode {what} {path}: {err}") from err
-    return image
-
-
 def default_cache_dir() -> Path:
     """``$DENSEMTL_CACHE_DIR``, else ``$XDG_CACHE_HOME/densemtl``, else ``~/.cache/densemtl``."""
     if os.environ.get("DENSEMTL_CACHE_DIR"):
@@ -671,12 +660,12 @@ class PascalContext(MultiTaskDataset):
 
     def _load_image(self, name: str) -> np.ndarray:
         path = self._file("image", name)
-        image = _open_image(path, "image")
+        image = open_image(path, "image")
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
     def _load_semseg(self, name: str, size: tuple[int, int]) -> torch.Tensor:
         path = self._semseg_file(name)
-        labels = self._checked(np.asarray(_open_image(path, "semseg")), size, path)
+        labels = self._checked(np.asarray(open_image(path, "semseg")), size, path)
         if labels.ndim != 2:
             raise ValueError(f"semseg {path} must be a single-channel label image, got shape {labels.shape}")
         bad = (labels > len(VOC_CLASSES) - 1) & (labels != IGNORE_INDEX)
@@ -700,13 +689,13 @@ class PascalContext(MultiTaskDataset):
 
     def _load_sal(self, name: str, size: tuple[int, int]) -> torch.Tensor:
         path = self._file("sal", name)
-        image = _open_image(path, "saliency")
+        image = open_image(path, "saliency")
         sal = self._checked(np.asarray(image if image.mode == "L" else image.convert("L")), size, path)
         return torch.from_numpy(saliency_from_png(sal))
 
     def _load_normals(self, name: str, size: tuple[int, int], label_map: np.ndarray) -> torch.Tensor:
         path = self._file("normals", name)
-        image = _open_image(path, "normals")
+        image = open_image(path, "normals")
         if image.mode != "RGB":
             raise ValueError(f"normals {path} must be an RGB png, got mode {image.mode!r}")
         encoded = self._checked(np.asarray(image), size, path)
