@@ -116,6 +116,17 @@ def test_nyud_decodes_hand_written_values(nyud_root: Path) -> None:
     np.testing.assert_array_equal(s["edge"][0].numpy(), EDGE_STORED / 255)
 
 
+def test_uint8_labels_hold_the_same_values(nyud_root: Path, tmp_path: Path) -> None:
+    s = NYUD(nyud_root, "train", uint8_labels=True).load(1)
+    assert s["semseg"].dtype == torch.uint8 and s["edge"].dtype == torch.uint8
+    np.testing.assert_array_equal(s["semseg"].numpy(), SEG_DECODED)  # 255 = ignore fits uint8
+    np.testing.assert_array_equal(s["edge"][0].numpy(), EDGE_STORED // 255)
+    assert s["depth"].dtype == torch.float32 and s["normals"].dtype == torch.float32  # other keys unchanged
+    _hand_mtan(tmp_path, "train", 3)
+    a, b = NYUv2_13(tmp_path, uint8_labels=True).load(2), NYUv2_13(tmp_path).load(2)
+    assert a["semseg"].dtype == torch.uint8 and torch.equal(a["semseg"].long(), b["semseg"])
+
+
 def test_nyud_task_subset_and_transform(nyud_root: Path) -> None:
     ds = NYUD(nyud_root, "val", tasks=["depth"], transform=lambda s: {**s, "seen": True})
     s = ds[0]

@@ -637,9 +637,43 @@ def test_invpt_compact_image_is_uint8_with_padding_zero_after_normalising():
     top, left, h, w = out["meta"]["valid_box"]
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     window = (slice(None), slice(top, top + h), slice(left, left + w))
-    expect = (compact["image"][window].double() / 255 - mean.double()) / std.double()
+    augment = compact["meta"]["augment"]
+    assert augment["photometric_pending"] and not out["meta"]["augment"]["photometric_pending"]
+    distorted = photometric(compact["image"][window], **augment["photometric"]).round().clamp(0, 255)
+    expect = (distorted.double() / 255 - mean.double()) / std.double()
     torch.testing.assert_close(out["image"][window].double(), expect, atol=1e-6, rtol=0)
     assert out["image"].abs().sum() - out["image"][window].abs().sum() == 0
+
+
+def test_deferred_photometric_equals_immediate_one_sample_and_batched():
+    """Deferring to ToContract gives the numbers of distorting in place and rounding (ToCompact)."""
+
+    def pipeline(defer: bool) -> Compose:
+        distort = PhotometricDistortion(p=0.7, defer=defer)
+        crop = RandomScaleCrop((24, 32), flip=0.5, uint8_image=True)  # integer image before the distortion
+        return Compose([crop, distort, ToCompact(), CentredPad((24, 32))])
+
+    now, later = pipeline(False), pipeline(True)
+    finish = ToContract(zero_padding=True)
+    deferred, immediate = [], []
+    for seed in range(12):
+        sample = make_sample(20, 30, seed)
+        a = later(sample, torch.Generator().manual_seed(seed))
+        b = now(sample, torch.Generator().manual_seed(seed))
+        assert a["image"].dtype == torch.uint8 and a["meta"]["augment"]["photometric_pending"]
+        assert a["meta"]["augment"]["photometric"] == b["meta"]["augment"]["photometric"]
+        assert torch.equal(finish(a)["image"], finish(b)["image"])
+        deferred.append(a)
+        immediate.append(b)
+    deferred[3]["meta"]["augment"]["photometric_pending"] = False  # a batch may mix pending and done samples
+    immediate[3] = {**immediate[3], "image": deferred[3]["image"]}
+    batch = {key: torch.stack([d[key] for d in deferred]) for key in deferred[0] if key != "meta"}
+    batch["meta"] = [d["meta"] for d in deferred]
+    out = finish(batch)
+    for i, b in enumerate(immediate):
+        assert torch.equal(out["image"][i], finish(b)["image"])
+    assert all(not m["augment"]["photometric_pending"] for m in out["meta"])
+    assert all(d["meta"]["augment"]["photometric_pending"] for i, d in enumerate(deferred) if i != 3)  # input kept
 
 
 def test_normals_png8_decoding_and_flip_are_exact():

@@ -334,8 +334,9 @@ class MultiTaskDataModule(LightningDataModule):
         params = inspect.signature(self.reader_cls).parameters
         if self.cache_dir is not None and "cache_dir" in params:
             kwargs["cache_dir"] = self.cache_dir
-        if loader and self.to_contract is not None and "normals_png8" in params:
-            kwargs["normals_png8"] = True  # 8-bit normal codes travel; ToContract decodes them
+        for compact in ("normals_png8", "uint8_labels"):  # 8-bit normal codes, uint8 label maps
+            if loader and self.to_contract is not None and compact in params:
+                kwargs[compact] = True  # they travel to the device; ToContract converts them
         return self.reader_cls(self.data_root, split=split, tasks=self._tasks, transform=transform, **kwargs)
 
     def setup(self, stage: str | None = None) -> None:

@@ -33,7 +33,7 @@ import torch
 from densemtl.data.base import DATASETS, DatasetNotFoundError, MultiTaskDataset, Sample, register_dataset
 from densemtl.data.imageio import read_gray, read_rgb
 from densemtl.io import atomic_write, save_jpg, save_png
-from densemtl.tasks import IGNORE_INDEX
+from densemtl.tasks import IGNORE_INDEX, TASKS
 from densemtl.viz import grid
 
 __all__ = [
@@ -133,32 +133,38 @@ def _normals_tensor(arr: np.ndarray, path: Path) -> torch.Tensor:
 
 
 def _binary_tensor(arr: np.ndarray, path: Path, one: int) -> torch.Tensor:
-    """(H, W) with values {0, one} -> float32 (1, H, W) in {0, 1}; any other value raises."""
+    """(H, W) with values {0, one} -> uint8 (1, H, W) in {0, 1}; any other value raises."""
     bad = (arr != 0) & (arr != one)
     if bad.any():
         values = np.unique(arr[bad])[:5].tolist()
         raise ValueError(f"edge file {path} has values {values}; expected only 0 and {one}")
-    return torch.from_numpy(np.ascontiguousarray(arr != 0, dtype=np.float32))[None]
+    return torch.from_numpy(np.ascontiguousarray(arr != 0).view(np.uint8))[None]
 
 
 def _shifted_labels(arr: np.ndarray, path: Path, num_classes: int) -> torch.Tensor:
-    """Stored 0 = unlabelled, 1..K -> int64 (H, W) with 255 ignore and 0..K-1; values > K raise."""
+    """Stored 0 = unlabelled, 1..K -> uint8 (H, W) with 255 ignore and 0..K-1; values > K raise."""
     if arr.size and int(arr.max()) > num_classes:
         values = np.unique(arr[arr > num_classes])[:5].tolist()
         raise ValueError(
             f"segmentation file {path} has label value(s) {values} out of range; expected 0 (unlabelled) "
             f"or 1..{num_classes} for {num_classes} classes"
         )
-    out = arr.astype(np.int64) - 1
-    out[arr == 0] = IGNORE_INDEX
-    return torch.from_numpy(out)
+    return torch.from_numpy(arr.astype(np.uint8) - np.uint8(1))  # uint8 arithmetic: 0 -> 255 = ignore
+
+
+_LABEL_TASKS = frozenset(name for name, task in TASKS.items() if task.kind in ("segmentation", "binary"))
 
 
 # ------------------------------------------------------------------------------------------ readers
 
 
 class _NYUDBase(MultiTaskDataset):
-    """Shared part of the NYUD readers: facts, ``_verify`` and the per-sample assembly."""
+    """Shared part of the NYUD readers: facts, ``_verify`` and the per-sample assembly.
+
+    ``uint8_labels=True`` returns the label maps (``semseg``, ``edge``) as uint8 with 255 = ignore instead of
+    their contract dtypes (int64, float32): the encoding the DataModule's loaders carry
+    (``densemtl.data.transforms.ToContract`` converts it), a quarter or an eighth of the bytes to resample.
+    """
 
     family: ClassVar[str] = "nyud"
     dataset_name: ClassVar[str] = ""
@@ -173,7 +179,9 @@ class _NYUDBase(MultiTaskDataset):
         split: str = "train",
         tasks: Sequence[str] | None = None,
         transform: Callable[[Sample], Sample] | None = None,
+        uint8_labels: bool = False,
     ) -> None:
+        self.uint8_labels = bool(uint8_labels)
         super().__init__(root, split, tasks, transform)
         self.ids: list[str] = self._verify()
 
@@ -200,7 +208,9 @@ class _NYUDBase(MultiTaskDataset):
         size = tuple(image.shape[:2])
         sample: Sample = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
         for task in self.tasks:
-            target = getattr(self, f"_load_{task}")(name)
+            target = getattr(self, f"_load_{task}")(name)  # label maps: uint8, 255 = ignore
+            if task in _LABEL_TASKS and not self.uint8_labels:
+                target = target.to(TASKS[task].target_dtype)
             if tuple(target.shape[-2:]) != size:
                 raise ValueError(
                     f"{task} target {self._file(task, name)} has shape {tuple(target.shape[-2:])} but the image "
@@ -317,9 +327,10 @@ class NYUD(_SplitFileLayout):
         tasks: Sequence[str] | None = None,
         transform: Callable[[Sample], Sample] | None = None,
         normals_png8: bool = False,
+        uint8_labels: bool = False,
     ) -> None:
         self.normals_png8 = bool(normals_png8)
-        super().__init__(root, split, tasks, transform)
+        super().__init__(root, split, tasks, transform, uint8_labels)
 
     def _load_normals(self, name: str) -> torch.Tensor:
         path = self._file("normals", name)
@@ -462,7 +473,7 @@ class NYUv2_13(_NYUDBase):  # noqa: N801 - the dataset's name
             values = np.unique(labels[bad])[:5].tolist()
             raise ValueError(f"label file {path} has value(s) {values} out of range; expected 0..{k - 1} or -1")
         labels[labels == -1] = IGNORE_INDEX
-        return torch.from_numpy(labels)
+        return torch.from_numpy(labels.astype(np.uint8))
 
     def _load_depth(self, name: str) -> torch.Tensor:
         path = self._file("depth", name)

@@ -886,7 +886,15 @@ class PhotometricDistortion(Transform):
 
     Brightness + U(-b, b); contrast x U(c0, c1), randomly before or after the colour operations;
     saturation x U(s0, s1); hue + U(-h, h) on OpenCV's 0-180 scale. Computed in float32 (the reference
-    rounds to uint8 between steps and draws integer hue shifts). Targets are untouched.
+    rounds to uint8 between steps and draws integer hue shifts). Targets are untouched. The drawn values
+    are recorded in ``meta["augment"]["photometric"]`` (keyword arguments of :func:`photometric`).
+
+    With ``defer=True`` the values are only drawn and recorded, with ``meta["augment"]["photometric_pending"]
+    = True``, and the image is left as it is: :class:`ToContract` applies them (inside ``meta["valid_box"]``,
+    rounded to integers as :class:`ToCompact` would), so a DataLoader worker hands on the uint8 image and
+    the distortion runs batched on the accelerator (``on_after_batch_transfer``). For a uint8 image (as in
+    the ``invpt`` preset) the numbers are those of distorting at once followed by :class:`ToCompact`; a
+    float image is rounded by :class:`ToCompact` before the deferred distortion instead of after it.
 
     Args:
         brightness: largest brightness shift, pixel units.
@@ -894,10 +902,11 @@ class PhotometricDistortion(Transform):
         saturation: (low, high) saturation factor.
         hue: largest hue shift on the 0-180 scale.
         p: probability of each part.
+        defer: draw now, apply in :class:`ToContract`.
     """
 
     random = True
-    _fields = ("brightness", "contrast", "saturation", "hue", "p")
+    _fields = ("brightness", "contrast", "saturation", "hue", "p", "defer")
 
     def __init__(
         self,
@@ -906,12 +915,14 @@ class PhotometricDistortion(Transform):
         saturation: tuple[float, float] = (0.5, 1.5),
         hue: float = 18.0,
         p: float = 0.5,
+        defer: bool = False,
     ) -> None:
         self.brightness = float(brightness)
         self.contrast = tuple(contrast)
         self.saturation = tuple(saturation)
         self.hue = float(hue)
         self.p = float(p)
+        self.defer = bool(defer)
 
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         g = generator if generator is not None else _new_generator()
@@ -920,9 +931,40 @@ class PhotometricDistortion(Transform):
         c = _uniform(g, *self.contrast) if _coin(g, self.p) else None
         s = _uniform(g, *self.saturation) if _coin(g, self.p) else None
         h = _uniform(g, -self.hue, self.hue) if _coin(g, self.p) else None
+        params = {"brightness": b, "contrast": c, "saturation": s, "hue": h, "contrast_first": contrast_first}
         out = dict(sample)
-        out["image"] = photometric(sample["image"], b, c, s, h, contrast_first)
+        out["meta"] = meta = _meta(sample, _spatial_size(sample))
+        meta["augment"]["photometric"] = params
+        if self.defer:
+            meta["augment"]["photometric_pending"] = True
+        else:
+            out["image"] = photometric(sample["image"], **params)
         return out
+
+
+def _apply_pending_photometric(sample: Sample, batched: bool) -> Sample:
+    """Apply the distortions that :class:`PhotometricDistortion` deferred, inside each valid box, rounded
+    to integers in [0, 255]; the image becomes float32 when one is pending. Clears the pending flags."""
+    metas = sample.get("meta", [] if batched else {})
+    metas = list(metas) if batched else [metas]
+    pending = [bool(m) and m.get("augment", {}).get("photometric_pending", False) for m in metas]
+    if not any(pending):
+        return sample
+    out = dict(sample)
+    image = sample["image"].float() if sample["image"].dtype != torch.float32 else sample["image"].clone()
+    planes = image if batched else image[None]
+    if len(metas) != planes.shape[0]:
+        raise ValueError(f"{planes.shape[0]} samples but {len(metas)} meta entries")
+    for i, (plane, meta) in enumerate(zip(planes, metas)):
+        if not pending[i]:
+            continue
+        top, left, h, w = meta.get("valid_box", (0, 0, *plane.shape[-2:]))
+        region = plane[:, top : top + h, left : left + w]
+        region.copy_(photometric(region.contiguous(), **meta["augment"]["photometric"]).round_().clamp_(0.0, 255.0))
+        metas[i] = {**meta, "augment": {**meta["augment"], "photometric_pending": False}}
+    out["image"] = image
+    out["meta"] = metas if batched else metas[0]
+    return out
 
 
 class Normalize(Transform):
@@ -995,7 +1037,8 @@ class ToCompact(Transform):
 class ToContract(Transform):
     """The sample contract from :class:`ToCompact`'s encoding, for one sample or a collated batch.
 
-    ``image`` -> float32 ``(x / 255 - mean) / std`` (the formula of :class:`Normalize`); with
+    First a photometric distortion that :class:`PhotometricDistortion` deferred (``defer=True``) is
+    applied. ``image`` -> float32 ``(x / 255 - mean) / std`` (the formula of :class:`Normalize`); with
     ``zero_padding`` the pixels outside ``meta['valid_box']`` are set to exactly 0 (ATRC/InvPT pad after
     normalising). Label maps -> their task's dtype (int64 for segmentation, float32 for binary tasks);
     8-bit normal codes -> float32 (:func:`decode_normals_png8`), the zero vector outside
@@ -1029,6 +1072,7 @@ class ToContract(Transform):
 
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         """One sample ((3, H, W) image, ``meta`` a dict) or a batch ((B, 3, H, W), ``meta`` a list of dicts)."""
+        sample = _apply_pending_photometric(sample, batched=sample["image"].dim() == 4)
         out = dict(sample)
         image = sample["image"]
         scale, shift = self._scale_shift(image.device)
@@ -1254,7 +1298,7 @@ def preset_invpt(
             RandomScaleCrop(size, scale_range=scale_range, cat_max_ratio=cat_max_ratio, flip=flip, uint8_image=True)
         )
         if distort:
-            steps.append(PhotometricDistortion())
+            steps.append(PhotometricDistortion(defer=True))  # applied by ToContract, on the device for loaders
     steps += [ToCompact(), CentredPad(size, protocol="InvPT"), ToContract(mean, std, zero_padding=True)]
     return Compose(steps)
 
