@@ -31,6 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from densemtl.data.base import DATASETS, MultiTaskDataset, Sample
+from densemtl.data.recycling import RecyclingCollate, release_batch
 from densemtl.data.transforms import (
     PRESETS,
     Compose,
@@ -46,11 +47,13 @@ __all__ = ["IMAGE_SUFFIXES", "ImageFolder", "MultiTaskDataModule", "collate", "k
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-def collate(batch: list[Sample]) -> Sample:
+def collate(batch: list[Sample], out: dict[str, torch.Tensor] | None = None) -> Sample:
     """Stack the tensors of a list of samples; ``meta`` becomes a list of dicts.
 
     Args:
         batch: samples with the same keys and, per key, the same tensor shape.
+        out: key -> (B, ...) tensor to stack into where shape and dtype fit (recycled buffers,
+            :mod:`densemtl.data.recycling`); other keys get new tensors.
 
     Returns:
         key -> (B, ...) tensor; ``meta`` -> list of B dicts.
@@ -61,11 +64,11 @@ def collate(batch: list[Sample]) -> Sample:
     for sample in batch[1:]:
         if list(sample) != keys:
             raise ValueError(f"samples in a batch have different keys: {keys} vs {list(sample)}")
-    out: Sample = {}
+    result: Sample = {}
     for key in keys:
         values = [s[key] for s in batch]
         if key == "meta":
-            out[key] = values
+            result[key] = values
             continue
         shapes = {tuple(v.shape) for v in values}
         if len(shapes) > 1:
@@ -74,8 +77,12 @@ def collate(batch: list[Sample]) -> Sample:
                 f"cannot batch {key!r}: samples {names} have shapes {sorted(shapes)}. Use a preset that pads or "
                 f"resizes to one size ('invpt', 'mtinet'), or batch size 1 for evaluation"
             )
-        out[key] = default_collate(values)  # stacks into shared memory inside workers
-    return out
+        target = (out or {}).get(key)
+        if target is not None and target.dtype == values[0].dtype and target.shape == (len(values), *shapes.pop()):
+            result[key] = torch.stack(values, 0, out=target)
+        else:
+            result[key] = default_collate(values)  # stacks into shared memory inside workers
+    return result
 
 
 def _mix_seed(seed: int, rank: int) -> int:
@@ -152,6 +159,10 @@ class ImageFolder(Dataset):
         return self.transform(sample) if self.transform is not None else sample
 
 
+_PREFETCH = 2  # batches prefetched per worker (PyTorch's default)
+_LOADER_IDS = {"train": 0, "val": 1, "test": 2, "predict": 3}
+
+
 def _synthetic_registry() -> dict[str, Any]:
     """``densemtl.data.synthetic.SYNTHETIC_DATASETS``, or {} when that package is not available."""
     try:
@@ -191,6 +202,10 @@ class MultiTaskDataModule(LightningDataModule):
         compact: loaders yield the compact encoding, converted to the contract by
             :meth:`on_after_batch_transfer` (the Trainer calls it; call it yourself when iterating a loader
             by hand); False: loaders yield the contract.
+        recycle_buffers: worker loaders stack batches into recycled shared-memory buffers
+            (:mod:`densemtl.data.recycling`), which :meth:`on_after_batch_transfer` frees once the batch has
+            been copied out (pinned memory, accelerator); None: when CUDA is available (the loaders then
+            pin memory). On CPU nothing copies the batches, so buffers are not reused there.
     """
 
     def __init__(
@@ -216,6 +231,7 @@ class MultiTaskDataModule(LightningDataModule):
         cache_dir: str | None = None,
         preset_options: dict[str, Any] | None = None,
         compact: bool = True,
+        recycle_buffers: bool | None = None,
     ) -> None:
         super().__init__()
         self.dataset_name = dataset
@@ -251,6 +267,8 @@ class MultiTaskDataModule(LightningDataModule):
         self.cache_dir = cache_dir
         self.preset_options = dict(preset_options or {})
         self.datasets: dict[str, Dataset] = {}
+        self.recycle_buffers = torch.cuda.is_available() if recycle_buffers is None else bool(recycle_buffers)
+        self._buffer_states: dict[int, torch.Tensor] = {}  # loader id -> RecyclingCollate.states
         self._data_root: Path | None = None if self.synthetic is not None else self.root
         # build both pipelines now so that bad sizes/options fail at construction
         train_contract = split_contract(self.transform("train"))[1]
@@ -315,7 +333,13 @@ class MultiTaskDataModule(LightningDataModule):
 
         Lightning calls it for every training, validation, test and predict batch.
         """
+        batch = self.release_buffers(batch)  # after the copy to the device (or to pinned memory)
         return self.to_contract(batch) if self.to_contract is not None else batch
+
+    def release_buffers(self, batch: Sample) -> Sample:
+        """Free the recycled buffer a loader batch was stacked into, if its tensors have been copied out
+        of shared memory (see ``recycle_buffers``); returns the batch without the buffer's key."""
+        return release_batch(batch, self._buffer_states)[0]
 
     def prepare_data(self) -> None:
         """Generate a synthetic dataset into ``root`` if it is not there yet (nothing for real datasets)."""
@@ -380,13 +404,19 @@ class MultiTaskDataModule(LightningDataModule):
         # predict folders may hold images of any size: one image per batch
         batch_size = self.batch_size if train else 1 if name == "predict" else self.eval_batch_size
         workers = self.num_workers
+        collate_fn: Any = collate
+        if workers > 0 and self.recycle_buffers:
+            loader_id = _LOADER_IDS[name]
+            collate_fn = RecyclingCollate(collate, workers, slots=_PREFETCH + 2, loader_id=loader_id)
+            self._buffer_states[loader_id] = collate_fn.states
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=train,
             drop_last=train and len(dataset) >= batch_size,
             num_workers=workers,
-            collate_fn=collate,
+            collate_fn=collate_fn,
+            prefetch_factor=_PREFETCH if workers > 0 else None,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
             worker_init_fn=partial(seed_worker, rank=rank) if workers > 0 else None,
