@@ -4,10 +4,12 @@
 registered reader (:data:`densemtl.data.DATASETS`), applies the preset's training or evaluation pipeline
 (:mod:`densemtl.data.transforms`) and batches with :func:`collate` (tensors stacked, ``meta`` kept as a
 list of dicts). By default (``compact=True``) the loaders carry a compact encoding (uint8 image where the
-preset rounds it, uint8 label maps, 8-bit normal codes from readers that store them) that the preset's last
-step, :class:`~densemtl.data.transforms.ToContract`, turns into the sample contract after the batch reached
-the device (:meth:`on_after_batch_transfer`, which Lightning calls before every ``*_step``): a third of the
-bytes through the workers' shared memory, and the normalisation done on the accelerator. Synthetic
+preset rounds it, with a deferred photometric distortion; uint8 label maps; 8-bit normal codes from readers
+that store them) that the preset's last step, :class:`~densemtl.data.transforms.ToContract`, turns into the
+sample contract after the batch reached the device (:meth:`on_after_batch_transfer`, which Lightning calls
+before every ``*_step``): a third of the bytes through the workers' shared memory, and the distortion and
+normalisation done on the accelerator. With ``recycle_buffers`` the workers reuse their shared-memory batch
+buffers (:mod:`densemtl.data.recycling`). Synthetic
 datasets (``densemtl.data.synthetic.SYNTHETIC_DATASETS``) are generated into ``root`` by ``prepare_data``
 and then read by their reader like any other folder.
 

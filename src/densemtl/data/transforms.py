@@ -47,7 +47,8 @@ differ across workers, ranks and epochs; they do depend on the number of workers
 
 **Speed.** Scale + crop computes only the cropped window, with one flat ``torch.gather`` per key (no
 full-size resize); the InvPT flip is fused into the same gather; the HSV colour operations avoid
-``torch.where``/``argmax`` (slow on CPU). See ``benchmarks/bench_loading.py``.
+``torch.where``/``argmax`` (slow on CPU). The ``invpt`` preset defers its photometric distortion to
+:class:`ToContract`, which the DataModule runs batched on the device. See ``benchmarks/bench_loading.py``.
 
 **Presets** (:data:`PRESETS`, :func:`build_transform`): ``invpt`` (§3.1), ``mtinet`` (§3.2), ``mtan`` and
 ``autolambda`` (§3.3), ``ctal_cnn`` (§3.4) and ``none`` (normalisation only).
