@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,39 @@ def test_palette_labels_are_indices_not_colours(tmp_path: Path, count_fast: list
     got = read_gray(path)
     assert count_fast == []  # libpng would expand the palette to RGB
     assert np.array_equal(got, np.asarray(im))
+
+
+def _adam7_png(pixels: np.ndarray) -> bytes:
+    """An interlaced (Adam7) 8-bit PNG of a (H, W) or (H, W, 3) uint8 array, written by hand (Pillow cannot)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w = pixels.shape[:2]
+    raw = b""
+    for y0, x0, dy, dx in [
+        (0, 0, 8, 8),
+        (0, 4, 8, 8),
+        (4, 0, 8, 4),
+        (0, 2, 4, 4),
+        (2, 0, 4, 2),
+        (0, 1, 2, 2),
+        (1, 0, 2, 1),
+    ]:
+        sub = pixels[y0::dy, x0::dx]
+        for row in sub.reshape(sub.shape[0], -1) if sub.size else []:
+            raw += b"\0" + row.tobytes()  # filter type 0
+    header = struct.pack(">IIBBBBB", w, h, 8, 2 if pixels.ndim == 3 else 0, 0, 0, 1)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_interlaced_png_goes_to_pillow(tmp_path: Path, count_fast: list[int]) -> None:
+    rgb = RNG.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    path = tmp_path / "i.png"
+    path.write_bytes(_adam7_png(rgb))
+    assert np.array_equal(read_rgb(path), rgb) and count_fast == []
+    path.write_bytes(_adam7_png(rgb[..., 1]))
+    assert np.array_equal(read_gray(path), rgb[..., 1]) and count_fast == []
 
 
 @pytest.mark.parametrize("kind", ["palette", "rgba", "grey", "trns", "jpeg"])

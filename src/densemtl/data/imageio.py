@@ -30,8 +30,9 @@ _RGB, _GREY = 2, 0  # PNG colour types (IHDR byte 25)
 
 
 def _png_header(data: bytes) -> tuple[int, int] | None:
-    """(bit depth, colour type) from a PNG's IHDR chunk, or None when ``data`` is not a PNG."""
-    if len(data) < 26 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+    """(bit depth, colour type) from a non-interlaced PNG's IHDR chunk; None when ``data`` is not a PNG or
+    is interlaced (Adam7: libpng decodes it, but warns on stderr, so Pillow does those)."""
+    if len(data) < 29 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or data[28] != 0:
         return None
     return data[24], data[25]
 
