@@ -93,6 +93,12 @@ class Task:
         """True when the model output is per-class logits and the prediction an argmax."""
         return self.kind == "segmentation"
 
+    @property
+    def is_label_map(self) -> bool:
+        """True for integer-valued maps with 255 = ignore (segmentation and binary tasks): resampled nearest,
+        padded with 255, carried as uint8 by the loaders."""
+        return self.kind in ("segmentation", "binary")
+
     def out_channels(self, num_classes: int | None = None) -> int:
         """Channels a model must output for this task.
 

@@ -80,7 +80,7 @@ def collate(batch: list[Sample], out: dict[str, torch.Tensor] | None = None) -> 
                 f"resizes to one size ('invpt', 'mtinet'), or batch size 1 for evaluation"
             )
         target = (out or {}).get(key)
-        if target is not None and target.dtype == values[0].dtype and target.shape == (len(values), *shapes.pop()):
+        if target is not None and target.dtype == values[0].dtype and target.shape == (len(values), *values[0].shape):
             result[key] = torch.stack(values, 0, out=target)
         else:
             result[key] = default_collate(values)  # stacks into shared memory inside workers

@@ -152,9 +152,6 @@ def _shifted_labels(arr: np.ndarray, path: Path, num_classes: int) -> torch.Tens
     return torch.from_numpy(arr.astype(np.uint8) - np.uint8(1))  # uint8 arithmetic: 0 -> 255 = ignore
 
 
-_LABEL_TASKS = frozenset(name for name, task in TASKS.items() if task.kind in ("segmentation", "binary"))
-
-
 # ------------------------------------------------------------------------------------------ readers
 
 
@@ -209,7 +206,7 @@ class _NYUDBase(MultiTaskDataset):
         sample: Sample = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
         for task in self.tasks:
             target = getattr(self, f"_load_{task}")(name)  # label maps: uint8, 255 = ignore
-            if task in _LABEL_TASKS and not self.uint8_labels:
+            if TASKS[task].is_label_map and not self.uint8_labels:
                 target = target.to(TASKS[task].target_dtype)
             if tuple(target.shape[-2:]) != size:
                 raise ValueError(

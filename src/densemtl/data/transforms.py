@@ -143,7 +143,7 @@ def _kind(key: str) -> str:
     task = TASKS.get(key)
     if task is None:
         raise ValueError(f"unknown sample key {key!r}; expected 'image', 'meta' or a task in {sorted(TASKS)}")
-    return "label" if task.kind in ("segmentation", "binary") else task.kind
+    return "label" if task.is_label_map else task.kind
 
 
 def _fill(key: str) -> float:
@@ -946,8 +946,7 @@ class PhotometricDistortion(Transform):
 def _apply_pending_photometric(sample: Sample, batched: bool) -> Sample:
     """Apply the distortions that :class:`PhotometricDistortion` deferred, inside each valid box, rounded
     to integers in [0, 255]; the image becomes float32 when one is pending. Clears the pending flags."""
-    metas = sample.get("meta", [] if batched else {})
-    metas = list(metas) if batched else [metas]
+    metas = _metas(sample, batched)
     pending = [bool(m) and m.get("augment", {}).get("photometric_pending", False) for m in metas]
     if not any(pending):
         return sample
@@ -1092,11 +1091,15 @@ class ToContract(Transform):
         return out
 
 
+def _metas(sample: Sample, batched: bool) -> list[dict[str, Any]]:
+    """The ``meta`` dict of each sample of a batch (or of the one sample), as a new list."""
+    metas = sample.get("meta", [] if batched else {})
+    return list(metas) if batched else [metas]
+
+
 def _valid_boxes(sample: Sample, batched: bool) -> list[tuple[int, int, int, int] | None]:
     """``meta['valid_box']`` of each sample of a batch (or of the one sample); None where there is none."""
-    metas = sample.get("meta", [] if batched else {})
-    metas = metas if batched else [metas]
-    return [tuple(int(v) for v in m["valid_box"]) if m and "valid_box" in m else None for m in metas]
+    return [tuple(int(v) for v in m["valid_box"]) if m and "valid_box" in m else None for m in _metas(sample, batched)]
 
 
 def _zero_outside(x: torch.Tensor, boxes: list[tuple[int, int, int, int] | None]) -> torch.Tensor:
