@@ -1,6 +1,27 @@
 """Loss and gradient weighting methods (``spec/weighting.md``): one file per method, a registry."""
 
-from densemtl.weighting import static  # noqa: F401  (registers "ew", "static")
-from densemtl.weighting.base import WEIGHTINGS, Kind, StepContext, TrainInfo, Weighting, register_weighting
+# importing a method's module registers it
+from densemtl.weighting import lps, static  # noqa: F401
+from densemtl.weighting.base import (
+    WEIGHTINGS,
+    EpochStats,
+    Kind,
+    StepContext,
+    StepEnd,
+    TrainInfo,
+    Weighting,
+    register_weighting,
+)
+from densemtl.weighting.build import build_weighting
 
-__all__ = ["WEIGHTINGS", "Kind", "StepContext", "TrainInfo", "Weighting", "register_weighting"]
+__all__ = [
+    "WEIGHTINGS",
+    "EpochStats",
+    "Kind",
+    "StepContext",
+    "StepEnd",
+    "TrainInfo",
+    "Weighting",
+    "build_weighting",
+    "register_weighting",
+]
