@@ -4,6 +4,13 @@ It builds the model, criterion, weighting and metrics from their registries and 
 through their interfaces (``MultiTaskOutput``, ``TaskLosses``, ``Weighting``, ``MultiTaskMetrics``).
 Log names are fixed: ``loss/<task>``, ``weight/<task>``, ``loss/total``, ``val/<task>/<metric>``,
 ``test/<task>/<metric>`` and ``val/delta_m`` when an STL reference exists.
+
+Weighting support (``spec/weighting.md`` §1): the engine averages each method's ``epoch_statistics``
+over the epoch (sample-weighted, all-reduced across DDP ranks) before ``on_epoch_end``; runs the
+post-step forward of ``Kind.LOSSES_POST_STEP`` methods (FAMO) with normalisation statistics frozen;
+keeps the partial-epoch accumulators and the weight trajectory in the checkpoint (the method's own
+state, generator included, is in its ``state_dict``); trains learnable weights in their own parameter
+group (weight decay 0); and writes ``weights.png`` (weight trajectories) into the run folder.
 """
 
 from __future__ import annotations
@@ -25,12 +32,17 @@ from densemtl.models import MODELS, MultiTaskModel
 from densemtl.results import write_results
 from densemtl.tasks import get_task
 from densemtl.viz import grid, to_display
-from densemtl.weighting import WEIGHTINGS, Kind, StepContext, TrainInfo, Weighting
+from densemtl.weighting import Kind, StepContext, TrainInfo, Weighting, build_weighting
 from densemtl.weighting.base import EpochStats, StepEnd, task_objective_terms
+from densemtl.weighting.epoch_stats import EpochAccumulator, reduce_mean
+from densemtl.weighting.trajectory import WeightTrajectory, save_figure
 
 __all__ = ["MultiTaskModule", "build_from_registry"]
 
 log = logging.getLogger(__name__)
+
+LOSS_KINDS = (Kind.LOSSES, Kind.LOSSES_POST_STEP)
+WEIGHTS_PNG = "weights.png"
 
 DEFAULT_VAL_METRICS_ARGS: dict[str, dict[str, Any]] = {"edge": {"odsf": False}}
 """Validation-only metric options: odsF is costly, so validation reports the edge loss (§4.5)."""
@@ -62,8 +74,9 @@ class MultiTaskModule(L.LightningModule):
             STL reference of Δm.
         arch: model registry name (``stl``, ``hps``, ...).
         arch_args: keyword arguments of the model (e.g. ``encoder``, ``pretrained``).
-        weighting: weighting registry name (``ew``, ``static``, ...).
-        weighting_args: keyword arguments of the weighting method.
+        weighting: weighting registry name (``ew``, ``static``, ``lps``, ``uw``, ``dwa``, ...; LibMTL
+            names such as ``UW`` are accepted).
+        weighting_args: keyword arguments of the weighting method (LibMTL names such as ``T`` too).
         criterion_args: keyword arguments of :class:`~densemtl.losses.MultiTaskCriterion`.
         optimizer: ``adamw``, ``adam`` or ``sgd``.
         lr: base learning rate.
@@ -120,8 +133,12 @@ class MultiTaskModule(L.LightningModule):
         missing = [t for t in self.tasks if t not in self.model.tasks]
         if missing:
             raise ValueError(f"model {arch!r} does not produce task(s) {missing}; it produces {list(self.model.tasks)}")
-        self.criterion = MultiTaskCriterion(self.tasks, **(criterion_args or {}))
-        self.weighting: Weighting = build_from_registry(WEIGHTINGS, "weighting", weighting, weighting_args)
+        # a model may name its own criterion settings (MT-CP: intermediate weights, released losses);
+        # criterion_args given in the config win
+        model_defaults = getattr(self.model, "criterion_defaults", None)
+        criterion_args = {**(model_defaults() if callable(model_defaults) else {}), **(criterion_args or {})}
+        self.criterion = MultiTaskCriterion(self.tasks, **criterion_args)
+        self.weighting: Weighting = build_weighting(weighting, weighting_args, tasks=self.tasks)
         self.test_metrics = MultiTaskMetrics(
             self.tasks, dict(num_classes or {}), protocol=metrics_protocol, options=metrics_args
         )
@@ -132,7 +149,17 @@ class MultiTaskModule(L.LightningModule):
         self.val_metrics = MultiTaskMetrics(
             self.tasks, dict(num_classes or {}), protocol=metrics_protocol, options=val_args
         )
+        # training KPIs only for methods that use them (DTP): metrics cost time on every step
+        self.train_metrics = (
+            MultiTaskMetrics(self.tasks, dict(num_classes or {}), protocol=metrics_protocol, options=val_args)
+            if getattr(self.weighting, "needs_train_kpis", False)
+            else None
+        )
         self._loaded_progress: dict[str, int] = {}
+        self._epoch_stats = EpochAccumulator()
+        self._trajectory = WeightTrajectory(self.tasks)
+        self._post_step_batch: dict[str, Any] | None = None
+        self._step_before = 0
 
     # ------------------------------------------------------------------ forward / training
     def forward(self, images: Tensor):  # noqa: D401 - Lightning hook
@@ -140,6 +167,11 @@ class MultiTaskModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         trainer = self.trainer
+        if self.weighting.kind is Kind.LOSSES_POST_STEP and trainer.accumulate_grad_batches != 1:
+            raise ValueError(
+                f"weighting {self.hparams.weighting!r} needs a post-step forward after every optimiser step; "
+                f"trainer.accumulate_grad_batches must be 1, got {trainer.accumulate_grad_batches}"
+            )
         self.weighting.on_train_start(
             TrainInfo(
                 tasks=self.tasks,
@@ -152,22 +184,30 @@ class MultiTaskModule(L.LightningModule):
         )
 
     def _step_context(self) -> StepContext:
-        return StepContext(epoch=self.current_epoch, step=self.global_step + 1)
+        return StepContext(epoch=self.current_epoch, step=self.global_step + 1, generator=self.weighting.generator)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         ctx = self._step_context()
         kind = self.weighting.needs(ctx)
-        if kind is not Kind.LOSSES:
+        if kind not in LOSS_KINDS:
             raise NotImplementedError(f"weighting kind {kind.value!r} is not supported by the engine yet")
+        self._step_before = self.global_step
         output = self.model(batch["image"])
         losses = self.criterion(output, batch)
-        terms = task_objective_terms(losses.main, losses.aux, self.tasks)
-        objective, weights = self.weighting.combine(self.weighting.task_objectives(terms), ctx)
+        objective, weights = self.weighting.objective(losses.main, losses.aux, ctx)
         for term in losses.extra.values():
             objective = objective + term
         batch_size = batch["image"].shape[0]
+        stats = self.weighting.statistics(losses.main, losses.aux)
+        stats["loss"] = torch.stack([losses.main[t].detach().float() for t in self.tasks])
+        self._epoch_stats.update(stats, batch_size)
+        self._trajectory.record(weights)
+        if self.train_metrics is not None:
+            self.train_metrics.update({t: p.detach() for t, p in output.preds.items()}, batch)
+        self._post_step_batch = batch if kind is Kind.LOSSES_POST_STEP else None
         logged = {f"loss/{t}": losses.main[t].detach() for t in self.tasks}
         logged.update({f"weight/{t}": torch.as_tensor(w).detach().float() for t, w in weights.items()})
+        logged.update({f"wdiag/{k}": v.detach().float() for k, v in self.weighting.diagnostics().items()})
         logged.update({f"loss_extra/{k}": v.detach() for k, v in losses.extra.items()})
         logged["loss/total"] = objective.detach()
         self.log_dict(logged, batch_size=batch_size, on_step=True, on_epoch=False)
@@ -175,10 +215,87 @@ class MultiTaskModule(L.LightningModule):
         return objective
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.weighting.on_step_end(StepEnd(step_taken=True))
+        step_taken = self._trainer is None or self.global_step > self._step_before
+        post_losses = None
+        if self._post_step_batch is not None and step_taken:
+            post_losses = self._post_step_losses(self._post_step_batch)
+        self._post_step_batch = None
+        self.weighting.on_step_end(StepEnd(step_taken=step_taken, post_losses=post_losses, reduce_mean=reduce_mean))
+
+    @torch.no_grad()
+    def _post_step_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """L_t after the optimiser step on the same batch, in training mode with normalisation
+        running statistics restored afterwards (``post_step_bn="freeze"``, ``spec/weighting.md`` §3.2)."""
+        saved = {name: buf.clone() for name, buf in self.model.named_buffers()}
+        try:
+            output = self.model(batch["image"])
+            losses = self.criterion(output, batch)
+        finally:
+            buffers = dict(self.model.named_buffers())
+            for name, value in saved.items():
+                buffers[name].copy_(value)
+        terms = task_objective_terms(losses.main, losses.aux, self.tasks)
+        return {t: v.detach().float() for t, v in terms.items()}
+
+    def _epoch_completed(self) -> bool:
+        """False when fit stopped inside the epoch (``max_steps``): its statistics then stay in the
+        accumulators (and the checkpoint) until the epoch really ends."""
+        if self._trainer is None:
+            return True
+        progress = getattr(getattr(self.trainer.fit_loop, "epoch_loop", None), "batch_progress", None)
+        return bool(getattr(progress, "is_last_batch", True))
 
     def on_train_epoch_end(self) -> None:
-        self.weighting.on_epoch_end(EpochStats())
+        if not self._epoch_completed():
+            self._trajectory.flush()
+            return
+        means = self._epoch_stats.reduce()
+        self._epoch_stats.reset()
+        if not means:  # no training step in this epoch (e.g. a resumed run that restarts at an epoch end)
+            return
+        self.weighting.on_epoch_end(EpochStats(means=means, metrics=self._train_kpis()))
+        self._log_epoch_weighting(means)
+        self._trajectory.end_epoch()
+        self._write_weight_plot()
+
+    def _train_kpis(self) -> dict[str, float]:
+        """``kpi/<task>`` in [0, 1]: the task's first higher-is-better percentage metric over the epoch's
+        training batches (synchronised torchmetrics), for methods with ``needs_train_kpis`` (DTP)."""
+        if self.train_metrics is None:
+            return {}
+        values = self.train_metrics.compute()
+        self.train_metrics.reset()
+        kpis = {}
+        for t in self.tasks:
+            for spec in get_task(t).metrics:
+                if spec.higher_is_better and spec.percent and spec.name in values.get(t, {}):
+                    kpis[f"kpi/{t}"] = values[t][spec.name] / 100.0
+                    break
+        return kpis
+
+    def _log_epoch_weighting(self, means: Mapping[str, Tensor]) -> None:
+        if self._trainer is None:
+            return
+        logged = {f"loss_epoch/{t}": means["loss"][i].float() for i, t in enumerate(self.tasks) if "loss" in means}
+        for name, value in self.weighting.epoch_diagnostics().items():
+            value = torch.as_tensor(value).detach().float().reshape(-1)
+            if value.numel() == len(self.tasks):
+                logged.update({f"wepoch/{name}/{t}": value[i] for i, t in enumerate(self.tasks)})
+            elif value.numel() == 1:
+                logged[f"wepoch/{name}"] = value[0]
+        self.log_dict(logged, on_step=False, on_epoch=True, sync_dist=False)
+
+    def _write_weight_plot(self) -> None:
+        """``weights.png`` in the run folder and the same figure in TensorBoard (rank 0)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        fig = self._trajectory.figure(title=f"weighting: {self.hparams.weighting}")
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        save_figure(fig, out_dir / WEIGHTS_PNG)
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is not None and hasattr(experiment, "add_figure"):
+            experiment.add_figure("weights/trajectory", fig, self.global_step, close=False)
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict[str, Any], metrics: MultiTaskMetrics, prefix: str) -> dict[str, Tensor]:
@@ -238,12 +355,25 @@ class MultiTaskModule(L.LightningModule):
             )
             log.info("test metrics written to %s and %s", json_path, md_path)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Partial-epoch weighting accumulators and the weight trajectory (exact resume, §1.6)."""
+        checkpoint["weighting_epoch_stats"] = self._epoch_stats.state_dict()
+        checkpoint["weight_trajectory"] = self._trajectory.state_dict()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Remember the training progress of a loaded checkpoint for the results file."""
+        """Remember the training progress of a loaded checkpoint for the results file; restore the
+        weighting accumulators. Weighting state missing from older checkpoints starts fresh."""
         self._loaded_progress = {
             "trained_epochs": int(checkpoint.get("epoch", -1)) + 1,
             "trained_steps": int(checkpoint.get("global_step", 0)),
         }
+        self._epoch_stats.load_state_dict(checkpoint.get("weighting_epoch_stats", {}), device=self.device)
+        if "weight_trajectory" in checkpoint:
+            self._trajectory.load_state_dict(checkpoint["weight_trajectory"])
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            for key, value in self.weighting.state_dict(prefix="weighting.").items():
+                state.setdefault(key, value)
 
     # ------------------------------------------------------------------ prediction
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
@@ -266,7 +396,9 @@ class MultiTaskModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
+        # learnable weighting parameters get their own group (weight_lr, weight decay 0; spec §1.5)
+        params = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("weighting.")]
+        params = [{"params": params}, *self.weighting.parameter_groups(hp.lr)]
         if hp.optimizer == "adamw":
             opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         elif hp.optimizer == "adam":
