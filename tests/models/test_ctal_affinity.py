@@ -167,7 +167,7 @@ def test_auto_picks_direct_for_pascal_and_linear_for_nyuv2():
 def test_grid_mismatch_names_expected_and_actual_grid():
     core = CrossTaskAffinity(2, 4, (3, 4), grid_setting="model.arch_args.input_size")
     with pytest.raises(ValueError, match=r"3x4 feature grid.*got a 4x4 grid.*model.arch_args.input_size"):
-        core(torch.randn(1, 2, 4, 4, 4), torch.randn(1, 2, 4, 4, 4))
+        core(torch.randn(1, 2, 4, 4, 4), [torch.randn(1, 4, 4, 4)] * 2)
 
 
 @pytest.mark.parametrize(

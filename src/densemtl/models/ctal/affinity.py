@@ -33,6 +33,7 @@ __all__ = [
     "affinity_diffusion",
     "affinity_diffusion_direct",
     "affinity_diffusion_linear",
+    "affinity_matrix_direct",
     "choose_impl",
     "direct_memory_bytes",
     "normalise_pixels",
@@ -94,13 +95,31 @@ def affinity_diffusion_direct(fhat: Tensor, values: Tensor, weight: Tensor, bias
     stacked = affinity.reshape(b, n, p, h, w).transpose(1, 2).reshape(b, p * n, h, w)
     vals = values.reshape(b, t, c, p)
     if not per_task:
-        g = F.conv2d(stacked, weight, bias, padding=1, groups=p).reshape(b, p, p)  # G[p, q]
+        g = _fuse_direct(stacked, weight, bias)
         return (vals @ g.transpose(-1, -2).unsqueeze(1)).reshape(b, t, c, h, w)
-    out = []
-    for task in range(t):
-        g = F.conv2d(stacked, weight[task], bias[task], padding=1, groups=p).reshape(b, p, p)
-        out.append(vals[:, task] @ g.transpose(-1, -2))
+    out = [vals[:, task] @ _fuse_direct(stacked, weight[task], bias[task]).transpose(-1, -2) for task in range(t)]
     return torch.stack(out, dim=1).reshape(b, t, c, h, w)
+
+
+def _fuse_direct(stacked: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Grouped conv of the interleaved stack (B, P·N, H, W) -> G (B, P, P), G[p, q]."""
+    p = weight.shape[0]
+    return F.conv2d(stacked, weight, bias, padding=1, groups=p).reshape(stacked.shape[0], p, p)
+
+
+def affinity_matrix_direct(fhat: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """G (B, P, P) of the direct form, G[p, q] (``spec/ctal.md`` §3.3), for a shared (P, N, 3, 3) / (P,) conv.
+
+    Args:
+        fhat: (B, N, C, H, W) normalised features.
+    """
+    b, n, c, h, w = fhat.shape
+    p = h * w
+    if weight.shape != (p, n, 3, 3) or bias.shape != (p,):
+        raise ValueError(f"weight {tuple(weight.shape)} / bias {tuple(bias.shape)} must be ({p}, {n}, 3, 3) / ({p},)")
+    flat = fhat.reshape(b, n, c, p)
+    stacked = (flat.transpose(-1, -2) @ flat).reshape(b, n, p, h, w).transpose(1, 2).reshape(b, p * n, h, w)
+    return _fuse_direct(stacked, weight, bias)
 
 
 # ------------------------------------------------------------------------------------------------ linear form

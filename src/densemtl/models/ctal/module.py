@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from densemtl.models.ctal.affinity import affinity_diffusion, choose_impl, normalise_pixels
+from densemtl.models.ctal.affinity import affinity_diffusion, affinity_matrix_direct, choose_impl, normalise_pixels
 
 __all__ = ["GCONV_MODES", "CTALBlock", "CrossTaskAffinity"]
 
@@ -66,14 +66,10 @@ class CrossTaskAffinity(nn.Module):
 
         self.gconv: nn.Module = make() if gconv == "shared" else nn.ModuleList(make() for _ in range(self.num_tasks))
 
-    def conv_parameters(self) -> tuple[Tensor, Tensor]:
-        """The grouped-conv (weight, bias): (P, N, 3, 3) and (P,), or (N, P, N, 3, 3) and (N, P) per task."""
-        if isinstance(self.gconv, nn.Conv2d):
-            return self.gconv.weight, self.gconv.bias
-        return (
-            torch.stack([conv.weight for conv in self.gconv]),
-            torch.stack([conv.bias for conv in self.gconv]),
-        )
+    def conv_parameters(self, task: int | None = None) -> tuple[Tensor, Tensor]:
+        """The grouped-conv (weight (P, N, 3, 3), bias (P,)) acting on output ``task`` (None: the shared one)."""
+        conv = self.gconv if isinstance(self.gconv, nn.Conv2d) else self.gconv[0 if task is None else task]
+        return conv.weight, conv.bias
 
     def check_grid(self, size: Sequence[int]) -> None:
         """Raise a ``ValueError`` unless ``size`` (H, W) is the grid this module was built for."""
@@ -85,11 +81,25 @@ class CrossTaskAffinity(nn.Module):
                 "size of the images you feed"
             )
 
-    def forward(self, features: Tensor, values: Tensor) -> Tensor:
-        """features F (B, N, C, H, W) (not normalised), values V (B, N, C, H, W) -> Z (B, N, C, H, W)."""
+    def forward(self, features: Tensor, values: Sequence[Tensor]) -> list[Tensor]:
+        """features F (B, N, C, H, W) (not normalised), N values V_t (B, C, H, W) -> N maps Z_t (B, C, H, W).
+
+        Each Z_t is computed by its own graph node, so task t's loss reaches only V_t (and its own grouped conv in
+        the per-task mode), never another task's value conv.
+        """
         self.check_grid(features.shape[-2:])
-        weight, bias = self.conv_parameters()
-        return affinity_diffusion(normalise_pixels(features), values, weight, bias, self.impl)
+        if len(values) != self.num_tasks:
+            raise ValueError(f"CrossTaskAffinity built for {self.num_tasks} tasks, got {len(values)} value maps")
+        fhat = normalise_pixels(features)
+        b, n, c, h, w = fhat.shape
+        if self.impl == "direct" and isinstance(self.gconv, nn.Conv2d):
+            g_t = affinity_matrix_direct(fhat, *self.conv_parameters()).transpose(-1, -2)  # one G for all tasks
+            return [(v.reshape(b, c, h * w) @ g_t).reshape(b, c, h, w) for v in values]
+        out = []
+        for t, v in enumerate(values):
+            weight, bias = self.conv_parameters(t)
+            out.append(affinity_diffusion(fhat, v.unsqueeze(1), weight, bias, self.impl)[:, 0])
+        return out
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, grid={self.grid}, gconv={self.mode!r}, impl={self.impl!r}"
@@ -174,7 +184,6 @@ class CTALBlock(nn.Module):
         self.affinity.check_grid(inputs[0].shape[-2:])
         feats = [conv(x) for conv, x in zip(self.conv_in, inputs)]
         values = [conv(f) for conv, f in zip(self.value, feats)]
-        stacked = torch.stack(feats, dim=1)
-        diffused = self.affinity(stacked, torch.stack(values, dim=1))
+        diffused = self.affinity(torch.stack(feats, dim=1), values)
         gamma = self.gamma
-        return [conv(gamma * diffused[:, k] + (1 - gamma) * feats[k]) for k, conv in enumerate(self.conv_out)]
+        return [conv(gamma * z + (1 - gamma) * f) for z, f, conv in zip(diffused, feats, self.conv_out)]
