@@ -74,9 +74,14 @@ def _run_convert(args: Sequence[str]) -> Any:
 def _run_verify(args: Sequence[str]) -> Any:
     from jsonargparse import CLI
 
+    from densemtl.data.cityscapes import is_cityscapes_root, verify_cityscapes
     from densemtl.data.nyud import verify_dataset
 
-    report = CLI(verify_dataset, args=list(args))
+    def verify(root: str) -> str:
+        """Detect the variant of the dataset at ``root`` (NYUD-v2 variants, mtan Cityscapes) and check it."""
+        return verify_cityscapes(root) if is_cityscapes_root(root) else verify_dataset(root)
+
+    report = CLI(verify, args=list(args))
     print(report)
     return report
 
