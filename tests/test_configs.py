@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from densemtl.cli import cli_main
+from densemtl.data.cityscapes import write_cityscapes_sample
 from densemtl.data.nyud import write_nyud_mt_sample, write_nyuv2_13_sample, write_split
 from densemtl.data.synthetic import generate_synth_nyud, generate_synth_pascal
 
@@ -43,7 +46,13 @@ def roots(tmp_path_factory) -> dict[str, Path]:
         for i in range(2):
             s = _random_sample(rng)
             write_nyuv2_13_sample(nyuv2, split, i, **s)
+    cityscapes = base / "cityscapes"
+    for split in ("train", "val"):
+        for i in range(2):
+            s = _random_sample(rng)
+            write_cityscapes_sample(cityscapes, split, i, s["image"], rng.integers(0, 19, SIZE), s["depth"])
     return {
+        "cityscapes": cityscapes,
         "nyud": generate_synth_nyud(base / "NYUDv2", train=2, val=2, size=SIZE),
         "nyud-mt": nyud_mt,
         "nyuv2-13": nyuv2,
@@ -75,8 +84,16 @@ def test_config_trains_and_validates_one_batch(config, roots, tmp_path):
         args += [f"--data.root={tmp_path / 'data'}", '--data.generate={"train": 2, "val": 2, "size": [48, 64]}']
     else:
         args.append(f"--data.root={roots[dataset]}")
-    if dataset != "nyuv2-13":  # the mtan preset keeps the stored size
+    if dataset not in ("nyuv2-13", "cityscapes"):  # the mtan / ctal_cnn presets keep the stored size
         args.append(f"--data.train_size=[{SIZE[0]}, {SIZE[1]}]")
+    arch_args = yaml.safe_load(config.read_text())["model"].get("arch_args") or {}
+    if "input_size" in arch_args:  # models bound to one input size (CTAL): the test size, a narrow CTAL and,
+        # for HRNet (which needs sizes divisible by 32), EfficientNet-Lite0 with random weights
+        arch_args = {**arch_args, "input_size": list(SIZE)}
+        arch_args.setdefault("encoder", "hrnet_w18_small_v2")
+        if arch_args["encoder"].startswith("hrnet"):
+            arch_args.update(encoder="tf_efficientnet_lite0", pretrained=None)
+        args.append(f"--model.arch_args={json.dumps(arch_args)}")
     cli = cli_main(args)
     assert cli.trainer.state.finished
     assert cli.model.tasks == cli.datamodule.tasks

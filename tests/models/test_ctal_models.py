@@ -148,3 +148,22 @@ def test_tiny_data_overfit(name, one_thread):
     model = MODELS.get(name)(["semseg", "depth"], {"semseg": 3}, **kwargs)
     first, last = _overfit(model, 30)
     assert last < 0.25 * first, (first, last)
+
+
+def test_level_projection_gives_the_paper_widths_on_another_encoder():
+    model = MODELS.get("ctal_ms")(
+        ["semseg", "depth"], {"semseg": 3}, input_size=(40, 56), encoder="tf_efficientnet_lite0",
+        level_channels=[18, 36, 72, 144], ctal_channels=8,
+    )
+    assert model.backbone.channels == (18, 36, 72, 144) and model.fusion["depth"].out_channels == 270
+    assert "levels projected to [18, 36, 72, 144]" in model.backbone_label
+    feats = model.backbone(torch.rand(1, 3, 40, 56))
+    assert [tuple(f.shape[1:]) for f in feats] == [(18, 10, 14), (36, 5, 7), (72, 3, 4), (144, 2, 2)]
+    with pytest.raises(ValueError, match="4 positive widths"):
+        MultiScaleBackbone("tf_efficientnet_lite0", level_channels=[8, 8])
+
+
+def test_criterion_defaults_are_the_released_deep_supervision_weights():
+    assert _small("ctal").criterion_defaults() == {"aux_weights": {"initial": 1.0}}
+    quarter = {"aux_weights": {f"scale_{s}": 0.25 for s in range(4)}}
+    assert _small("mtinet").criterion_defaults() == quarter

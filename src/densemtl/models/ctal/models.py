@@ -65,12 +65,15 @@ class _CNNFamily(MultiTaskModel):
         pretrained: str | None,
         encoder_kwargs: dict[str, Any] | None,
         input_size: Sequence[int] | None,
+        level_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__(tasks, num_classes)
-        self.backbone = MultiScaleBackbone(encoder, pretrained, encoder_kwargs)
+        self.backbone = MultiScaleBackbone(encoder, pretrained, encoder_kwargs, level_channels)
         self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
         init = "random init" if self.backbone.weights is None else f"weights {self.backbone.weights}"
         self.backbone_label = f"{encoder} ({init})"
+        if level_channels is not None:
+            self.backbone_label += f", levels projected to {list(self.backbone.channels)}"
         if self.backbone.weights is None:
             log.warning("%s: backbone %s is randomly initialised (no pretrained weights given)", type(self).__name__,
                         encoder)
@@ -83,6 +86,16 @@ class _CNNFamily(MultiTaskModel):
                 f"conv has one kernel per feature-grid pixel), got {images.shape[-2]}x{images.shape[-1]}; set "
                 f"{INPUT_SIZE_SETTING} to the size you train and test at"
             )
+
+
+def _initial_aux() -> dict[str, Any]:
+    """Released loss of the single-scale models: L_t(initial) + L_t(final) (``spec/ctal.md`` §6)."""
+    return {"aux_weights": {"initial": 1.0}}
+
+
+def _scale_aux() -> dict[str, Any]:
+    """Released loss of the multi-scale models: (1/4) Σ_s L_t(scale s) + L_t(final)."""
+    return {"aux_weights": {f"scale_{s}": 0.25 for s in range(4)}}
 
 
 class _InitialStage(nn.Module):
@@ -103,7 +116,7 @@ class PADNet(_CNNFamily):
 
     Args:
         tasks: tasks in order; num_classes: classes of segmentation tasks.
-        encoder, pretrained, encoder_kwargs: the backbone (see module docstring).
+        encoder, pretrained, encoder_kwargs, level_channels: the backbone (:class:`MultiScaleBackbone`).
         input_size: (H, W); optional for PAD-Net (not bound to a grid), checked when given.
     """
 
@@ -114,13 +127,18 @@ class PADNet(_CNNFamily):
         encoder: str = HRNET,
         pretrained: str | None = None,
         encoder_kwargs: dict[str, Any] | None = None,
+        level_channels: Sequence[int] | None = None,
         input_size: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(tasks, num_classes, encoder, pretrained, encoder_kwargs, input_size)
+        super().__init__(tasks, num_classes, encoder, pretrained, encoder_kwargs, input_size, level_channels)
         self.stage = _InitialStage(self.backbone.channels, self.out_channels)
         width = next(iter(self.stage.initial.values())).out_channels
         self.distill = SpatialAttentionDistillation(len(self.tasks), width)
         self.heads = nn.ModuleDict({t: CTALDecoder(width, self.out_channels[t]) for t in self.tasks})
+
+    def criterion_defaults(self) -> dict[str, Any]:
+        """Deep-supervision coefficients for :class:`~densemtl.losses.MultiTaskCriterion`."""
+        return _initial_aux()
 
     def task_modules(self, task: str) -> list[nn.Module]:
         i = self.tasks.index(task)
@@ -150,7 +168,7 @@ class CTALNet(_CNNFamily):
         tasks: tasks in order (the order fixes which grouped-conv weights act on which task).
         num_classes: classes of segmentation tasks.
         input_size: (H, W) of the images (train = test), e.g. (288, 384); fixes the CTAL grid (H/4, W/4).
-        encoder, pretrained, encoder_kwargs: the backbone (see module docstring).
+        encoder, pretrained, encoder_kwargs, level_channels: the backbone (:class:`MultiScaleBackbone`).
         ctal_channels: C.
         gconv: ``"shared"`` (released) or ``"per_task"`` (Fig. 2).
         impl: ``"auto"``, ``"linear"`` or ``"direct"`` (``spec/ctal.md`` §4).
@@ -165,13 +183,14 @@ class CTALNet(_CNNFamily):
         encoder: str = HRNET,
         pretrained: str | None = None,
         encoder_kwargs: dict[str, Any] | None = None,
+        level_channels: Sequence[int] | None = None,
         ctal_channels: int = 128,
         gconv: str = "shared",
         impl: str = "auto",
         gamma: float = 0.05,
         gamma_learnable: bool = False,
     ) -> None:
-        super().__init__(tasks, num_classes, encoder, pretrained, encoder_kwargs, input_size)
+        super().__init__(tasks, num_classes, encoder, pretrained, encoder_kwargs, input_size, level_channels)
         self.stage = _InitialStage(self.backbone.channels, self.out_channels)
         width = next(iter(self.stage.initial.values())).out_channels
         self.ctal = CTALBlock(
@@ -179,6 +198,10 @@ class CTALNet(_CNNFamily):
             grid_setting=INPUT_SIZE_SETTING,
         )
         self.heads = nn.ModuleDict({t: CTALDecoder(ctal_channels, self.out_channels[t]) for t in self.tasks})
+
+    def criterion_defaults(self) -> dict[str, Any]:
+        """Deep-supervision coefficients for :class:`~densemtl.losses.MultiTaskCriterion`."""
+        return _initial_aux()
 
     def task_modules(self, task: str) -> list[nn.Module]:
         return [self.heads[task], self.stage.initial[task].predict, *self.ctal.task_modules(self.tasks.index(task))]
@@ -250,7 +273,7 @@ class MTINet(_CNNFamily):
 
     Args:
         tasks, num_classes: as for every model.
-        encoder, pretrained, encoder_kwargs: the backbone.
+        encoder, pretrained, encoder_kwargs, level_channels: the backbone (:class:`MultiScaleBackbone`).
         fpm_grouping: ``"reference"`` (MTI-Net's released channel grouping) or ``"task"``.
         input_size: (H, W); optional (not bound to a grid), checked when given.
     """
@@ -262,16 +285,21 @@ class MTINet(_CNNFamily):
         encoder: str = HRNET,
         pretrained: str | None = None,
         encoder_kwargs: dict[str, Any] | None = None,
+        level_channels: Sequence[int] | None = None,
         fpm_grouping: str = "reference",
         input_size: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(tasks, num_classes, encoder, pretrained, encoder_kwargs, input_size)
+        super().__init__(tasks, num_classes, encoder, pretrained, encoder_kwargs, input_size, level_channels)
         channels = self.backbone.channels
         self.paths = _MultiScaleTaskPaths(self.tasks, channels, self.out_channels, fpm_grouping)
         self.distill = nn.ModuleList(SpatialAttentionDistillation(len(self.tasks), c) for c in channels)
         self.heads = nn.ModuleDict(
             {t: nn.Sequential(_TaskFusion(channels), nn.Conv2d(sum(channels), self.out_channels[t], 1)) for t in tasks}
         )
+
+    def criterion_defaults(self) -> dict[str, Any]:
+        """Deep-supervision coefficients for :class:`~densemtl.losses.MultiTaskCriterion`."""
+        return _scale_aux()
 
     def task_modules(self, task: str) -> list[nn.Module]:
         i = self.tasks.index(task)
@@ -307,6 +335,7 @@ class CTALMSNet(_CNNFamily):
         encoder: str = HRNET,
         pretrained: str | None = None,
         encoder_kwargs: dict[str, Any] | None = None,
+        level_channels: Sequence[int] | None = None,
         ctal_channels: int = 128,
         gconv: str = "shared",
         impl: str = "auto",
@@ -314,7 +343,7 @@ class CTALMSNet(_CNNFamily):
         gamma_learnable: bool = False,
         fpm_grouping: str = "reference",
     ) -> None:
-        super().__init__(tasks, num_classes, encoder, pretrained, encoder_kwargs, input_size)
+        super().__init__(tasks, num_classes, encoder, pretrained, encoder_kwargs, input_size, level_channels)
         channels = self.backbone.channels
         self.paths = _MultiScaleTaskPaths(self.tasks, channels, self.out_channels, fpm_grouping)
         self.fusion = nn.ModuleDict({t: _TaskFusion(channels) for t in self.tasks})
@@ -323,6 +352,10 @@ class CTALMSNet(_CNNFamily):
             gamma_learnable, grid_setting=INPUT_SIZE_SETTING,
         )
         self.heads = nn.ModuleDict({t: CTALDecoder(ctal_channels, self.out_channels[t]) for t in self.tasks})
+
+    def criterion_defaults(self) -> dict[str, Any]:
+        """Deep-supervision coefficients for :class:`~densemtl.losses.MultiTaskCriterion`."""
+        return _scale_aux()
 
     def task_modules(self, task: str) -> list[nn.Module]:
         preds = [self.paths.scales[s][task].predict for s in range(4)]

@@ -51,12 +51,21 @@ class MultiScaleBackbone(nn.Module):
         encoder: timm model name.
         pretrained: weights, as for :func:`~densemtl.models.encoders.build_encoder` (None: random init).
         encoder_kwargs: extra ``timm.create_model`` arguments.
+        level_channels: optional 4 widths to project the levels to (1x1 ConvBNReLU each), e.g. HRNet's
+            (18, 36, 72, 144) on top of EfficientNet-Lite0's (24, 40, 112, 320), so that the task modules keep
+            the paper's sizes on another encoder. None: the encoder's own widths.
 
     Attributes:
         channels: the 4 level widths; ``weights``: where the weights came from, or None (random init).
     """
 
-    def __init__(self, encoder: str, pretrained: str | None = None, encoder_kwargs: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        encoder: str,
+        pretrained: str | None = None,
+        encoder_kwargs: dict[str, Any] | None = None,
+        level_channels: Sequence[int] | None = None,
+    ):
         super().__init__()
         kwargs = dict(encoder_kwargs or {})
         if encoder.startswith("hrnet"):
@@ -70,11 +79,20 @@ class MultiScaleBackbone(nn.Module):
                 f"CTAL models need {STRIDES} (set model.arch_args.encoder_kwargs.out_indices)"
             )
         self.channels: tuple[int, ...] = self.encoder.channels
+        self.project: nn.ModuleList | None = None
+        if level_channels is not None:
+            if len(level_channels) != 4 or min(int(c) for c in level_channels) < 1:
+                raise ValueError(f"level_channels must be 4 positive widths, got {list(level_channels)}")
+            self.project = nn.ModuleList(ConvBNReLU(a, int(b), 1) for a, b in zip(self.channels, level_channels))
+            self.channels = tuple(int(c) for c in level_channels)
         self.weights = self.encoder.weights
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """(B, 3, H, W) -> [(B, c_s, H / 4·2^s, W / 4·2^s) for s = 0..3]."""
-        return self.encoder(images)
+        feats = self.encoder(images)
+        if self.project is not None:
+            feats = [proj(f) for proj, f in zip(self.project, feats)]
+        return feats
 
 
 class ScaleFusion(nn.Module):
