@@ -104,3 +104,23 @@ def test_validation_skips_odsf_by_default_and_test_computes_it():
     assert "odsf" not in module.val_metrics.compute()["edge"]
     assert "loss" in module.val_metrics.compute()["edge"]
     assert 0.0 <= module.test_metrics.compute()["edge"]["odsf"] <= 100.0
+
+
+def test_poly_schedule_stepped_per_epoch():
+    """MT-CP's recipe: lr_e = lr · (1 − e / E)^0.9, constant within an epoch (scheduler_interval='epoch')."""
+    from types import SimpleNamespace
+
+    module = _module(scheduler="poly", scheduler_interval="epoch", lr=5e-5)
+    module._trainer = SimpleNamespace(max_epochs=4, estimated_stepping_batches=1000)
+    config = module.configure_optimizers()
+    assert config["lr_scheduler"]["interval"] == "epoch"
+    sched, opt = config["lr_scheduler"]["scheduler"], config["optimizer"]
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs == pytest.approx([5e-5 * (1 - e / 4) ** 0.9 for e in range(4)], rel=1e-9)
+    with pytest.raises(ValueError, match="scheduler_interval"):
+        bad = _module(scheduler="poly", scheduler_interval="batch")
+        bad._trainer = module._trainer
+        bad.configure_optimizers()

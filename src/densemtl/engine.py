@@ -85,6 +85,8 @@ class MultiTaskModule(L.LightningModule):
         scheduler: ``poly`` (power ``poly_power``), ``cosine`` or ``none``; stepped every iteration
             over ``trainer.estimated_stepping_batches``.
         poly_power: exponent of the poly schedule.
+        scheduler_interval: ``step`` (every iteration, the default) or ``epoch`` (MT-CP's recipe: lr_e =
+            lr · (1 − e / max_epochs)^power, constant within an epoch).
         metrics_protocol: metric protocol preset (``default``, ``mtinet``, ``invpt``, ...).
         metrics_args: task -> metric options overriding the preset (validation and test).
         val_metrics_args: task -> options for validation only, over ``metrics_args``. Default:
@@ -112,6 +114,7 @@ class MultiTaskModule(L.LightningModule):
         momentum: float = 0.9,
         scheduler: Literal["poly", "cosine", "none"] = "poly",
         poly_power: float = 0.9,
+        scheduler_interval: Literal["step", "epoch"] = "step",
         metrics_protocol: str = "default",
         metrics_args: dict[str, dict[str, Any]] | None = None,
         val_metrics_args: dict[str, dict[str, Any]] | None = None,
@@ -409,11 +412,17 @@ class MultiTaskModule(L.LightningModule):
             raise ValueError(f"unknown optimizer {hp.optimizer!r}; available: ['adam', 'adamw', 'sgd']")
         if hp.scheduler == "none":
             return opt
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        interval = getattr(hp, "scheduler_interval", "step")
+        if interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {interval!r}")
+        if interval == "epoch":
+            total = max(int(self.trainer.max_epochs or 1), 1)
+        else:
+            total = max(int(self.trainer.estimated_stepping_batches), 1)
         if hp.scheduler == "poly":
             sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total, power=hp.poly_power)
         elif hp.scheduler == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         else:
             raise ValueError(f"unknown scheduler {hp.scheduler!r}; available: ['cosine', 'none', 'poly']")
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
