@@ -553,7 +553,7 @@ def test_to_compact_hand_values():
     assert out["semseg"].dtype == torch.uint8 and out["semseg"].tolist() == [[0, 39], [255, 7]]
     assert out["edge"].dtype == torch.uint8 and out["edge"].tolist() == [[[0, 1], [255, 1]]]
     assert out["depth"] is sample["depth"] and out["meta"] is sample["meta"]
-    kept = ToCompact(round_image=False)(sample)
+    kept = ToCompact(image="keep")(sample)
     assert kept["image"] is sample["image"]
     with pytest.raises(ValueError, match=r"'x': semseg values must lie in 0..255"):
         ToCompact()({**sample, "semseg": torch.tensor([[0, 256], [1, 2]])})
@@ -735,3 +735,62 @@ def test_to_contract_zeroes_png8_normals_outside_the_box_batched():
     out = ToContract(zero_padding=False)(batch)["normals"]
     assert out.dtype == torch.float32 and torch.all(out[0] == 1)
     assert torch.all(out[1, :, 1:7, 2:7] == 1) and out[1].sum() == 3 * 6 * 5  # zero vector in the padding
+
+
+# ----------------------------------------------------- zoom fast path, fixed compact dtypes (issue 9)
+
+
+@pytest.mark.parametrize("size", [(30, 40), (31, 47), (480, 640)])
+@pytest.mark.parametrize("scale", [0.75, 0.9137, 1.0001, 1.2, 1.25, 1.5])
+def test_zoom_without_rotation_equals_sampling_the_whole_grid(size, scale):
+    """The separable zoom (grid built from its axes, nearest keys gathered) gives exactly the values of
+    grid_sample on the full affine grid, for every key and dtype, including the fill outside (zoom < 1)."""
+    from densemtl.data.transforms import _affine_grid, _renormalize, _warp
+
+    h, w = size
+    sample = make_sample(h, w, seed=3)
+    sample["semseg"] = sample["semseg"].to(torch.uint8)
+    out = affine_fn(sample, 0.0, scale)
+    grid = _affine_grid(size, 0.0, scale)
+    assert torch.equal(out["image"], _warp(sample["image"].float(), grid, "bicubic", 0.0).clamp_(0, 255))
+    assert out["semseg"].dtype == torch.uint8
+    assert torch.equal(out["semseg"], _warp(sample["semseg"], grid, "nearest", 255.0))
+    assert torch.equal(out["edge"], _warp(sample["edge"], grid, "nearest", 255.0))
+    assert torch.equal(out["depth"], _warp(sample["depth"], grid, "nearest", 0.0) / scale)
+    assert torch.equal(out["normals"], _renormalize(_warp(sample["normals"], grid, "nearest", 0.0)))
+    if scale < 1:  # the border comes from outside the image: fills
+        assert (out["semseg"][0] == 255).all() and (out["depth"][..., 0, :] == 0).all()
+
+
+def test_renormalize_matches_numpy():
+    from densemtl.data.transforms import _renormalize
+
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64)
+    x[0, :, 1, 1] = 0
+    x[1, :, 2, 3] = 1e-8  # shorter than 1e-6: zero
+    with np.errstate(invalid="ignore"):
+        ref = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
+    ref[0, :, 1, 1] = 0
+    ref[1, :, 2, 3] = 0
+    np.testing.assert_allclose(_renormalize(x).numpy(), ref, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("image_mode", ["round", "float", "keep"])
+def test_to_compact_dtypes_do_not_depend_on_the_draw(image_mode):
+    """A uint8 image (zoom 1) and a float one (other zooms) leave ToCompact with one dtype; codes and float
+    normals alike leave normals="float" as float32 (codes decoded, zero outside the valid box)."""
+    step = ToCompact(image=image_mode, normals="float")
+    raw = make_sample(6, 8)
+    codes = torch.full((3, 6, 8), 255, dtype=torch.uint8)
+    codes[:, :, :2] = 0
+    as_uint8 = step({**raw, "normals": codes, "meta": {**raw["meta"], "valid_box": (0, 2, 6, 6)}})
+    as_float = step({**raw, "image": raw["image"].float() + 0.25})
+    if image_mode == "keep":
+        assert as_uint8["image"].dtype == torch.uint8 and as_float["image"].dtype == torch.float32
+    else:
+        assert as_uint8["image"].dtype == as_float["image"].dtype
+        assert as_uint8["image"].dtype == (torch.uint8 if image_mode == "round" else torch.float32)
+    assert as_uint8["normals"].dtype == as_float["normals"].dtype == torch.float32
+    assert (as_uint8["normals"][:, :, :2] == 0).all() and (as_uint8["normals"][:, :, 2:] == 1).all()
+    with pytest.raises(ValueError, match="ToCompact image"):
+        ToCompact(image="uint8")

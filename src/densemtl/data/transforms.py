@@ -288,9 +288,18 @@ def _resize_uint8(x: torch.Tensor, size: Size) -> torch.Tensor:
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
 
 
+def _vector_length(normals: torch.Tensor) -> torch.Tensor:
+    """Euclidean length over the 3 channels of (..., 3, H, W) vectors, as (..., 1, H, W).
+
+    Written out per channel: on CPU ``Tensor.norm`` over a small channel dimension is 14-65x slower.
+    """
+    x, y, z = normals.narrow(-3, 0, 1), normals.narrow(-3, 1, 1), normals.narrow(-3, 2, 1)
+    return torch.sqrt(x * x + y * y + z * z)
+
+
 def _renormalize(normals: torch.Tensor) -> torch.Tensor:
-    """Scale (3, H, W) vectors to unit length; zero vectors stay zero."""
-    norm = normals.norm(dim=0, keepdim=True)
+    """Scale (..., 3, H, W) vectors to unit length; vectors shorter than 1e-6 become zero."""
+    norm = _vector_length(normals)
     return torch.where(norm > 1e-6, normals / norm.clamp_min(1e-6), torch.zeros_like(normals))
 
 
@@ -691,25 +700,57 @@ def affine(sample: Sample, angle: float, scale: float, image_mode: str = "bicubi
     meta["augment"]["scale"] = scale * meta["augment"].get("scale", 1.0)
     if angle == 0 and scale == 1:
         return {**sample, "meta": meta}
-    grid = _affine_grid((H, W), angle, scale)
+    # a zoom without rotation is separable: the grid is built from its two axes, and nearest keys are
+    # gathered at the rows and columns grid_sample picks (:func:`_zoom_axis`), with the same values as
+    # sampling the whole grid
+    if angle == 0:
+        (x_coord, cols), (y_coord, rows) = _zoom_axis(W, scale), _zoom_axis(H, scale)
+        grid = torch.stack((x_coord.expand(H, W), y_coord[:, None].expand(H, W)), dim=-1)[None]
+        flat = _flat_index(rows.clamp(min=0), cols.clamp(min=0), W)
+        outside = (rows < 0)[:, None] | (cols < 0)[None, :]
+        outside = outside if bool(outside.any()) else None
+    else:
+        grid = _affine_grid((H, W), angle, scale)
     out: Sample = {}
     for key, value in sample.items():
         kind = _kind(key)
         if kind == "meta":
             continue
         if kind == "image":
-            y = _warp(value.float(), grid, image_mode, 0.0).clamp_(0, 255)
-        elif kind == "normals":
-            y = _warp(decode_normals_png8(value), grid, "nearest", 0.0)
+            out[key] = _warp(value.float(), grid, image_mode, 0.0).clamp_(0, 255)
+            continue
+        if kind == "normals":
+            value = decode_normals_png8(value)
+        fill = 0.0 if kind == "normals" else _fill(key)
+        if angle == 0:
+            y = _take(value, flat, (H, W))
+            y = y.masked_fill_(outside, fill) if outside is not None else y
         else:
-            y = _warp(value, grid, "nearest", _fill(key))
+            y = _warp(value, grid, "nearest", fill)
         if kind == "depth":
             y = y / scale
         elif kind == "normals":
-            y = _renormalize(_rotate_normals(y, angle))
+            y = _renormalize(_rotate_normals(y, angle) if angle != 0 else y)
         out[key] = y
     out["meta"] = meta
     return out
+
+
+def _zoom_axis(n: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One axis (length ``n``) of a zoom by ``scale`` about the centre, without rotation.
+
+    Returns:
+        The ``grid_sample`` coordinates (n,) float32, computed exactly as :func:`_affine_grid` computes
+        them at angle 0, and the source index (n,) int64 that ``grid_sample(mode="nearest")`` picks for
+        them (-1 outside): ``grid_sample`` itself rounds them, sampling a row of indices 1..n with zero
+        padding.
+    """
+    c = (n - 1) / 2
+    coord = (2 * (((torch.arange(n, dtype=torch.float32) - c) / scale) + c) + 1) / n - 1
+    grid = torch.stack((coord, torch.zeros_like(coord)), dim=-1).reshape(1, 1, n, 2)
+    ids = torch.arange(1, n + 1, dtype=torch.float32).reshape(1, 1, 1, n)
+    picked = F.grid_sample(ids, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return coord, picked.reshape(n).long() - 1
 
 
 class Resize(Transform):
@@ -1001,27 +1042,45 @@ class Normalize(Transform):
 class ToCompact(Transform):
     """Compact encoding of a transformed sample for the trip from a DataLoader worker to the device.
 
-    Label maps (segmentation and binary tasks: values 0..254, 255 ignore) become uint8; with
-    ``round_image`` a float image in [0, 255] is rounded to uint8 (half to even, as OpenCV's saturating
-    cast: the reference pipelines hold uint8 images between steps). Depth and normals are kept.
+    The dtype of every key depends on the reader and on this step's settings only, never on a random
+    draw, so that the samples of a batch always stack: a zoom of 1 that leaves the image uint8 while other
+    zooms make it float must not reach the collate function. A preset picks the modes its steps allow:
+
+    - ``image="round"``: uint8; a float image in [0, 255] is rounded half to even (as OpenCV's saturating
+      cast: the reference pipelines hold uint8 images between steps);
+    - ``image="float"``: float32 (a uint8 image converted exactly), for pipelines that keep bicubic floats
+      on some draws only;
+    - ``image="keep"``: as it comes, for pipelines whose every step keeps the reader's dtype;
+    - ``normals="float"``: float32 (8-bit codes decoded by :func:`decode_normals_png8`, the zero vector
+      outside ``meta['valid_box']``, as :class:`ToContract` would);
+    - ``normals="keep"``: as they come (codes stay codes), for pipelines whose every step keeps them;
+    - label maps (segmentation and binary tasks: values 0..254, 255 ignore) become uint8; depth is kept.
+
     :class:`ToContract` turns the result, one sample or a collated batch, into the sample contract. For a
     448x576 NYUD sample about 5 MB instead of 10 MB cross the worker's shared memory.
 
     Args:
-        round_image: round a float image to uint8 (an image that is uint8 already stays so either way).
+        image: ``round`` (default), ``float`` or ``keep``.
+        normals: ``keep`` (default) or ``float``.
     """
 
-    _fields = ("round_image",)
+    _fields = ("image", "normals")
 
-    def __init__(self, round_image: bool = True) -> None:
-        self.round_image = bool(round_image)
+    def __init__(self, image: str = "round", normals: str = "keep") -> None:
+        _check_mode(image, ("round", "float", "keep"), "ToCompact image")
+        _check_mode(normals, ("keep", "float"), "ToCompact normals")
+        self.image = image
+        self.normals = normals
 
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         out = dict(sample)
         for key, value in sample.items():
             kind = _kind(key)
-            if kind == "image" and self.round_image and value.is_floating_point():
-                out[key] = value.round().clamp_(0.0, 255.0).to(torch.uint8)
+            if kind == "image":
+                if self.image == "float":
+                    out[key] = value.float()
+                elif self.image == "round" and value.is_floating_point():
+                    out[key] = value.round().clamp_(0.0, 255.0).to(torch.uint8)
             elif kind == "label" and value.dtype != torch.uint8:
                 if value.numel():
                     lo, hi = torch.aminmax(value)
@@ -1031,6 +1090,8 @@ class ToCompact(Transform):
                             f"sample {name!r}: {key} values must lie in 0..255 (255 = ignore), got {lo}..{hi}"
                         )
                 out[key] = value.to(torch.uint8)
+            elif kind == "normals" and self.normals == "float" and value.dtype == torch.uint8:
+                out[key] = _zero_outside(decode_normals_png8(value), _valid_boxes(sample, batched=False))
         return out
 
 
@@ -1167,8 +1228,7 @@ def resize_back(preds: dict[str, torch.Tensor], size: Sequence[int]) -> dict[str
             continue
         y = p if tuple(p.shape[-2:]) == size else F.interpolate(p.float(), size=size, mode="bilinear")
         if TASKS[task].kind == "normals":
-            norm = y.norm(dim=1, keepdim=True)
-            y = torch.where(norm > 1e-6, y / norm.clamp_min(1e-6), torch.zeros_like(y))
+            y = _renormalize(y)
         out[task] = y
     return out
 
@@ -1272,9 +1332,10 @@ def build_transform(
     return builder(train=train, family=family, size=size, mean=m, std=s, **options)
 
 
-def _finish(mean: Sequence[float] | None, std: Sequence[float] | None, round_image: bool) -> list[Transform]:
-    """The last two steps of every preset: compact encoding, then the contract (see :func:`split_contract`)."""
-    return [ToCompact(round_image=round_image), ToContract(mean, std)]
+def _finish(mean: Sequence[float] | None, std: Sequence[float] | None, image: str, normals: str) -> list[Transform]:
+    """The last two steps of every preset but ``invpt``: compact encoding (the modes of :class:`ToCompact`
+    that the preset's steps allow), then the contract (see :func:`split_contract`)."""
+    return [ToCompact(image=image, normals=normals), ToContract(mean, std)]
 
 
 @register_preset("invpt")
@@ -1303,7 +1364,12 @@ def preset_invpt(
         )
         if distort:
             steps.append(PhotometricDistortion(defer=True))  # applied by ToContract, on the device for loaders
-    steps += [ToCompact(), CentredPad(size, protocol="InvPT"), ToContract(mean, std, zero_padding=True)]
+    # every step of this preset keeps the normals' encoding (scale-crop, flip and pad act on codes exactly)
+    steps += [
+        ToCompact(image="round", normals="keep"),
+        CentredPad(size, protocol="InvPT"),
+        ToContract(mean, std, zero_padding=True),
+    ]
     return Compose(steps)
 
 
@@ -1331,7 +1397,8 @@ def preset_mtinet(
             steps.append(RandomAffine(angle_range=(-20.0, 20.0), scale_range=(0.75, 1.25)))
         else:
             steps.append(RandomAffine(angle_range=None, scale_range=None, scale_choices=(1.0, 1.2, 1.5)))
-    steps += [Resize(size, image_mode="bicubic", normals_mode="nearest"), *_finish(mean, std, round_image=False)]
+    # the image is uint8 after a zoom of 1 and a bicubic float otherwise; normals are float after a warp
+    steps += [Resize(size, image_mode="bicubic", normals_mode="nearest"), *_finish(mean, std, "float", "float")]
     return Compose(steps)
 
 
@@ -1350,7 +1417,7 @@ def preset_mtan(
     steps: list[Transform] = []
     if train and augment:
         steps += [RandomCropResize((1.0, 1.2, 1.5)), RandomHorizontalFlip(0.5)]
-    steps += _finish(mean, std, round_image=False)
+    steps += _finish(mean, std, "float", "float")  # crop-resize: float image and normals except at s = 1
     return Compose(steps)
 
 
@@ -1372,7 +1439,7 @@ def preset_autolambda(
             CentredPad(size, protocol="Auto-lambda"),
             RandomHorizontalFlip(0.5),
         ]
-    steps += _finish(mean, std, round_image=False)
+    steps += _finish(mean, std, "float", "float")  # scale-crop: float image except at s = 1
     return Compose(steps)
 
 
@@ -1386,7 +1453,7 @@ def preset_ctal_cnn(
 ) -> Compose:
     """CTAL CNN (§3.4): random flip (train only), no normalisation (pixels in [0, 1])."""
     steps: list[Transform] = [RandomHorizontalFlip(0.5)] if train else []
-    steps += _finish(mean, std, round_image=False)
+    steps += _finish(mean, std, "keep", "keep")  # a flip keeps every dtype
     return Compose(steps)
 
 
@@ -1399,4 +1466,4 @@ def preset_none(
     std: Sequence[float] | None = IMAGENET_STD,
 ) -> Compose:
     """Float conversion and normalisation only, for pre-sized data (train and test alike)."""
-    return Compose(_finish(mean, std, round_image=False))
+    return Compose(_finish(mean, std, "keep", "keep"))

@@ -6,8 +6,14 @@
 - ``abs_rel`` = Σ |d| / gt / |V|; ``sq_rel`` = Σ d² / gt / |V|; ``abs_err`` = Σ |d| / |V| (metres);
 - ``delta{k}`` = % of V with max(gt / pred, pred / gt) < 1.25^k, k = 1, 2, 3.
 
-Predictions ≤ 0 are set to 1e-9 before every statistic (MTI-Net / MT-CP evaluate the clamped prediction
-throughout; it matters only for the log and the ratios). Valid sets (option ``valid``):
+Predictions ≤ 0 (option ``clamp``):
+
+- ``all`` (default): set to 1e-9 before every statistic (MTI-Net, InvPT, MT-CP and CTAL CNN evaluate the
+  clamped prediction throughout);
+- ``log``: set to 1e-9 only before the logarithm and the δ ratios; abs/rel errors use the raw prediction
+  (mtan's ``depth_error``, Auto-λ's ``TaskMetric``; ``spec/protocols.md`` §4.2).
+
+A NaN prediction is never clamped: it makes the statistics NaN. Valid sets (option ``valid``):
 
 - ``nonzero`` (default): gt ≠ 0 (MTI-Net, InvPT, CTAL CNN);
 - ``range``: 0 < gt < 80 (TaskPrompter, MLoRE);
@@ -16,7 +22,10 @@ throughout; it matters only for the log and the ratios). Valid sets (option ``va
 
 Non-finite GT is never valid. ``pooling="pixel"`` (default) pools over all valid pixels of the set;
 ``pooling="batch"`` computes every metric per ``update`` call and averages over calls (mtan, Auto-λ;
-batches without valid pixels are skipped).
+batches without valid pixels are skipped). ``batch_weight`` weights those per-batch values: ``equal``
+(mtan) or ``images`` (Auto-λ: the running mean ``m ← r·m + (1 − r)·x`` with ``r = k / (k + b / B)`` gives a
+batch of b images against the nominal batch size B the weight b / B; the mean Σ bₖxₖ / Σ bₖ equals that
+recurrence whenever only the last batch is short, as with any DataLoader, and is exact under DDP).
 """
 
 from __future__ import annotations
@@ -25,9 +34,12 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["DEPTH_VALID", "DepthMetrics", "depth_statistics", "depth_valid_mask"]
+from densemtl.metrics.pooling import batch_weight_of, check_batch_weight
+
+__all__ = ["DEPTH_CLAMP", "DEPTH_VALID", "DepthMetrics", "depth_statistics", "depth_valid_mask"]
 
 DEPTH_VALID = ("nonzero", "range", "mtcp_reference")
+DEPTH_CLAMP = ("all", "log")
 MTCP_DEPTH_CAP = 6.5535
 """Metres: 65535 / 10000, the cap of MT-CP's released depth mask."""
 RANGE_MAX = 80.0
@@ -53,7 +65,7 @@ def depth_valid_mask(target: Tensor, valid: str = "nonzero") -> Tensor:
     raise ValueError(f"depth valid must be one of {DEPTH_VALID}, got {valid!r}")
 
 
-def depth_statistics(pred: Tensor, target: Tensor, valid: str = "nonzero") -> Tensor:
+def depth_statistics(pred: Tensor, target: Tensor, valid: str = "nonzero", clamp: str = "all") -> Tensor:
     """Sufficient statistics of one batch, float64 (9,): n, Σd², Σ(ln gt − ln pred)², Σ|d|/gt, Σd²/gt,
     Σ|d|, and the δ counts for k = 1, 2, 3.
 
@@ -61,31 +73,41 @@ def depth_statistics(pred: Tensor, target: Tensor, valid: str = "nonzero") -> Te
         pred: (B, 1, H, W) depth in metres.
         target: (B, 1, H, W) depth in metres, 0 = invalid.
         valid: the valid-set rule.
+        clamp: ``all`` (predictions ≤ 0 set to 1e-9 for every statistic) or ``log`` (only for the
+            logarithm and the δ ratios; d uses the raw prediction). A NaN prediction stays NaN.
     """
     if pred.shape != target.shape:
         raise ValueError(f"depth prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    if clamp not in DEPTH_CLAMP:
+        raise ValueError(f"depth clamp must be one of {DEPTH_CLAMP}, got {clamp!r}")
     mask = depth_valid_mask(target, valid)
-    p = pred.double()
-    p = torch.where(p > 0, p, torch.full_like(p, 1e-9))
-    g = torch.where(mask, target.double(), torch.ones_like(p))  # 1 at invalid pixels, masked out below
-    p = torch.where(mask, p, torch.ones_like(p))
-    d = p - g
+    # the valid pixels only, gathered once (masked_select is several times faster than boolean indexing),
+    # then processed in chunks: float64 temporaries of a whole frame cost more in page faults than in
+    # arithmetic on CPU, chunks stay in cache (and the sums are as exact)
+    preds, targets = pred.masked_select(mask), target.masked_select(mask)
+    step = _CHUNK if pred.device.type == "cpu" else max(preds.numel(), 1)  # one pass on accelerators
+    parts = [_chunk_sums(preds[i : i + step], targets[i : i + step], clamp) for i in range(0, preds.numel(), step)]
+    sums = torch.stack(parts).sum(0) if parts else pred.new_zeros(len(_SUMS) - 1, dtype=torch.float64)
+    n = torch.tensor([float(preds.numel())], dtype=torch.float64, device=sums.device)
+    return torch.cat([n, sums])
+
+
+_CHUNK = 32768
+"""Valid pixels per chunk of :func:`depth_statistics` on CPU (float64 temporaries of 256 KB)."""
+
+
+def _chunk_sums(pred: Tensor, target: Tensor, clamp: str) -> Tensor:
+    """(8,) float64 sums of ``_SUMS[1:]`` over 1-D valid predictions and targets."""
+    raw, g = pred.double(), target.double()
+    p = torch.where(raw <= 0, 1e-9, raw)  # NaN stays NaN
+    d = (p if clamp == "all" else raw) - g
+    ad = d.abs()
+    d2 = d * d
+    log_diff = torch.log(g) - torch.log(p)
     ratio = torch.maximum(g / p, p / g)
-    zero = torch.zeros((), dtype=torch.float64, device=p.device)
-
-    def msum(x: Tensor) -> Tensor:
-        return torch.where(mask, x, zero).sum()
-
-    terms = [
-        mask.sum().double(),
-        msum(d * d),
-        msum((torch.log(g) - torch.log(p)) ** 2),
-        msum(d.abs() / g),
-        msum(d * d / g),
-        msum(d.abs()),
-    ]
-    terms += [msum((ratio < 1.25**k).double()) for k in (1, 2, 3)]
-    return torch.stack(terms)
+    sums = [d2.sum(), (log_diff * log_diff).sum(), (ad / g).sum(), (d2 / g).sum(), ad.sum()]
+    sums += [torch.count_nonzero(ratio < 1.25**k).double() for k in (1, 2, 3)]
+    return torch.stack(sums)
 
 
 def _metrics_from_sums(s: Tensor) -> Tensor:
@@ -98,40 +120,55 @@ def _metrics_from_sums(s: Tensor) -> Tensor:
 
 
 class DepthMetrics(Metric):
-    """Depth metrics with a protocol's valid mask and pooling; DDP-exact (float64 sums, all-reduced).
+    """Depth metrics with a protocol's valid mask, clamp and pooling; DDP-exact (float64 sums, all-reduced).
 
     Args:
         valid: ``nonzero`` (default), ``range`` or ``mtcp_reference``.
         pooling: ``pixel`` (default) or ``batch``.
+        clamp: ``all`` (default) or ``log`` (see the module docstring).
+        batch_weight: ``equal`` (default) or ``images``; only with ``pooling="batch"``.
 
     ``update(preds, target)``: (B, 1, H, W) metres each. ``compute()``: dict of ``METRICS`` (metres,
-    percent for δ); NaN when no pixel was valid. State: 9 float64 (pixel: the sums; batch: a count of
-    batches and 8 sums of per-batch metrics), whatever the number of images.
+    percent for δ); NaN when no pixel was valid. State: 9 float64 (pixel: the sums; batch: the total batch
+    weight and 8 weighted sums of per-batch metrics), whatever the number of images.
     """
 
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, valid: str = "nonzero", pooling: str = "pixel", **kwargs) -> None:
+    def __init__(
+        self,
+        valid: str = "nonzero",
+        pooling: str = "pixel",
+        clamp: str = "all",
+        batch_weight: str = "equal",
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if valid not in DEPTH_VALID:
             raise ValueError(f"depth valid must be one of {DEPTH_VALID}, got {valid!r}")
         if pooling not in ("pixel", "batch"):
             raise ValueError(f"pooling must be 'pixel' or 'batch', got {pooling!r}")
+        if clamp not in DEPTH_CLAMP:
+            raise ValueError(f"depth clamp must be one of {DEPTH_CLAMP}, got {clamp!r}")
+        check_batch_weight(batch_weight, pooling)
         self.valid = valid
         self.pooling = pooling
+        self.clamp = clamp
+        self.batch_weight = batch_weight
         self.add_state("sums", torch.zeros(len(_SUMS), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor) -> None:
-        stats = depth_statistics(preds, target, self.valid)
+        stats = depth_statistics(preds, target, self.valid, self.clamp)
         if self.pooling == "pixel":
             self.sums += stats
             return
-        # batch pooling: sums[0] counts batches with valid pixels, sums[1:] accumulate per-batch metrics
-        has = stats[0] > 0
-        per_batch = torch.where(has, _metrics_from_sums(stats), torch.zeros_like(stats[1:]))
-        self.sums += torch.cat([has.double()[None], per_batch])
+        # batch pooling: sums[0] is the total weight of batches with valid pixels, sums[1:] the weighted
+        # sums of per-batch metrics
+        weight = batch_weight_of(target, self.batch_weight) if stats[0] > 0 else 0.0
+        per_batch = _metrics_from_sums(stats) if weight else torch.zeros_like(stats[1:])
+        self.sums += torch.cat([stats.new_tensor([weight]), weight * per_batch])
 
     def compute(self) -> dict[str, Tensor]:
         if self.pooling == "pixel":

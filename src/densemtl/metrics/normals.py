@@ -13,7 +13,8 @@ Pooling over all valid pixels of the set (default):
   images (18,000 int64 counts by default).
 
 ``pooling="batch"`` computes every statistic per ``update`` call (median exact, as numpy's) and averages
-over calls (mtan, Auto-λ). ``quantize_png=True`` reproduces MTI-Net's offline 8-bit round trip of the
+over calls (mtan: every batch counts 1; Auto-λ: ``batch_weight="images"``, see
+:mod:`densemtl.metrics.pooling`). ``quantize_png=True`` reproduces MTI-Net's offline 8-bit round trip of the
 prediction: v = uint8(255·(n̂ + 1)/2), then n = 2v/255 − 1 and n / (‖n‖ + 1e-12).
 """
 
@@ -25,16 +26,25 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from densemtl.metrics.pooling import batch_weight_of, check_batch_weight
+
 __all__ = ["NormalsMetrics", "angular_error", "quantize_png"]
 
 THRESHOLDS = (11.25, 22.5, 30.0)
 METRICS = ("mean", "median", "rmse", "within_11.25", "within_22.5", "within_30")
 
 
+def _channel_norm(x: Tensor) -> Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) Euclidean length over the channels.
+
+    Written out per channel: on CPU this is 20-30x faster than ``Tensor.norm(dim=1)`` (DESIGN.md §5).
+    """
+    return torch.sqrt(x[:, 0:1] * x[:, 0:1] + x[:, 1:2] * x[:, 1:2] + x[:, 2:3] * x[:, 2:3])
+
+
 def _normalize(x: Tensor) -> Tensor:
-    """L2-normalise along dim 1; zero vectors stay zero."""
-    norm = x.norm(dim=1, keepdim=True)
-    return torch.where(norm > 0, x / norm.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    """L2-normalise (B, 3, H, W) along dim 1; zero vectors stay zero (0 / tiny = 0)."""
+    return x / _channel_norm(x).clamp_min(torch.finfo(x.dtype).tiny)
 
 
 def quantize_png(normals: Tensor) -> Tensor:
@@ -42,7 +52,7 @@ def quantize_png(normals: Tensor) -> Tensor:
     unit = _normalize(normals.double())
     v = torch.clamp(255.0 * (unit + 1.0) / 2.0, 0.0, 255.0).to(torch.uint8)  # truncation, as a uint8 cast
     n = 2.0 * v.double() / 255.0 - 1.0
-    return n / (n.norm(dim=1, keepdim=True) + 1e-12)
+    return n / (_channel_norm(n) + 1e-12)
 
 
 def angular_error(pred: Tensor, target: Tensor, quantize: bool = False) -> tuple[Tensor, Tensor]:
@@ -64,7 +74,7 @@ def angular_error(pred: Tensor, target: Tensor, quantize: bool = False) -> tuple
     valid = (target != 0).any(dim=1)
     p = quantize_png(pred) if quantize else _normalize(pred.double())
     g = _normalize(target.double())
-    theta = 2.0 * torch.atan2((p - g).norm(dim=1), (p + g).norm(dim=1))
+    theta = 2.0 * torch.atan2(_channel_norm(p - g)[:, 0], _channel_norm(p + g)[:, 0])
     return torch.rad2deg(theta), valid
 
 
@@ -85,6 +95,8 @@ class NormalsMetrics(Metric):
         quantize_png: reproduce MTI-Net's 8-bit PNG round trip of the prediction.
         bin_width: histogram bin width in degrees for the pooled median (≤ 0.01 recommended).
         pooling: ``pixel`` (default) or ``batch``.
+        batch_weight: with ``pooling="batch"``, ``equal`` (mtan) or ``images`` (Auto-λ): see
+            :mod:`densemtl.metrics.pooling`.
 
     ``update(preds, target)``: (B, 3, H, W) each. ``compute()``: dict of ``METRICS`` in degrees / percent;
     NaN when no pixel was valid. State: 6 float64 sums + ceil(180 / bin_width) int64 counts (pixel) or
@@ -95,12 +107,21 @@ class NormalsMetrics(Metric):
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, quantize_png: bool = False, bin_width: float = 0.01, pooling: str = "pixel", **kwargs) -> None:
+    def __init__(
+        self,
+        quantize_png: bool = False,
+        bin_width: float = 0.01,
+        pooling: str = "pixel",
+        batch_weight: str = "equal",
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if not 0 < bin_width <= 180:
             raise ValueError(f"bin_width must be in (0, 180] degrees, got {bin_width}")
         if pooling not in ("pixel", "batch"):
             raise ValueError(f"pooling must be 'pixel' or 'batch', got {pooling!r}")
+        check_batch_weight(batch_weight, pooling)
+        self.batch_weight = batch_weight
         self.quantize_png = bool(quantize_png)
         self.bin_width = float(bin_width)
         self.pooling = pooling
@@ -116,7 +137,8 @@ class NormalsMetrics(Metric):
         if self.pooling == "batch":
             theta = theta[valid]
             if theta.numel():
-                self.sums += torch.cat([theta.new_ones(1), _batch_values(theta)])
+                weight = batch_weight_of(target, self.batch_weight)
+                self.sums += torch.cat([theta.new_tensor([weight]), weight * _batch_values(theta)])
             return
         zero = torch.zeros((), dtype=theta.dtype, device=theta.device)
         t = torch.where(valid, theta, zero)
