@@ -24,6 +24,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 
 from densemtl.losses import MultiTaskCriterion
 from densemtl.metrics.collection import MultiTaskMetrics
@@ -158,6 +159,10 @@ class MultiTaskModule(L.LightningModule):
             if getattr(self.weighting, "needs_train_kpis", False)
             else None
         )
+        if self.train_metrics is not None:  # partial-epoch metric states go into the checkpoint
+            for metric in self.train_metrics.modules():
+                if isinstance(metric, Metric):
+                    metric.persistent(True)
         self._loaded_progress: dict[str, int] = {}
         self._epoch_stats = EpochAccumulator()
         self._trajectory = WeightTrajectory(self.tasks)
@@ -197,6 +202,9 @@ class MultiTaskModule(L.LightningModule):
         self._step_before = self.global_step
         output = self.model(batch["image"])
         losses = self.criterion(output, batch)
+        if self.weighting.uses_loss_values:
+            terms = task_objective_terms(losses.main, losses.aux, self.tasks)
+            ctx.loss_values = reduce_mean(torch.stack([terms[t].detach().float() for t in self.tasks]))
         objective, weights = self.weighting.objective(losses.main, losses.aux, ctx)
         for term in losses.extra.values():
             objective = objective + term
@@ -229,7 +237,8 @@ class MultiTaskModule(L.LightningModule):
     def _post_step_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """L_t after the optimiser step on the same batch, in training mode with normalisation
         running statistics restored afterwards (``post_step_bn="freeze"``, ``spec/weighting.md`` §3.2)."""
-        saved = {name: buf.clone() for name, buf in self.model.named_buffers()}
+        freeze = getattr(self.weighting, "post_step_bn", "freeze") == "freeze"
+        saved = {name: buf.clone() for name, buf in self.model.named_buffers()} if freeze else {}
         try:
             output = self.model(batch["image"])
             losses = self.criterion(output, batch)
@@ -397,6 +406,17 @@ class MultiTaskModule(L.LightningModule):
             experiment.add_image(f"val/sample_{i}", picture, self.global_step, dataformats="HWC")
 
     # ------------------------------------------------------------------ optimisation
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """A weighting's built-in clipping of the shared gradient (FAMO ``max_norm``), then the trainer's."""
+        max_norm = float(getattr(self.weighting, "max_norm", 0.0) or 0.0)
+        if max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(list(self.model.shared_parameters()), max_norm)
+        self.clip_gradients(
+            optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+        )
+
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         # learnable weighting parameters get their own group (weight_lr, weight decay 0; spec §1.5)

@@ -1,7 +1,7 @@
 """Loss and gradient weighting methods (``spec/weighting.md``): one file per method, a registry."""
 
 # importing a method's module registers it
-from densemtl.weighting import lps, static  # noqa: F401
+from densemtl.weighting import dtp, dwa, famo, gls, lps, rlw, si, static, uw  # noqa: F401
 from densemtl.weighting.base import (
     WEIGHTINGS,
     EpochStats,

@@ -25,9 +25,15 @@ __all__ = [
     "StepEnd",
     "TrainInfo",
     "Weighting",
+    "at_least_fp32",
     "register_weighting",
     "task_objective_terms",
 ]
+
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """``x`` in fp32 if it is a half type, else unchanged (fp64 stays fp64 for closed-form tests)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 class WeightingRegistry(Registry[type]):
@@ -119,12 +125,15 @@ class Weighting(nn.Module):
         kind: what the engine computes per step.
         owns_optimizer: learnable parameters are updated by the method itself (FAMO), not by the
             main optimiser.
+        uses_loss_values: the method reads ``ctx.loss_values`` (rank-averaged L_t of the step).
         arg_aliases: LibMTL hyperparameter name -> our argument name.
         libmtl_name: the method's name in LibMTL (``<name>_<arg>`` arguments are accepted too).
     """
 
     kind: Kind = Kind.LOSSES
     owns_optimizer: ClassVar[bool] = False
+    uses_loss_values: ClassVar[bool] = False
+    """The engine puts the rank-averaged detached L_t into ``ctx.loss_values`` (one T-vector all-reduce)."""
     arg_aliases: ClassVar[dict[str, str]] = {}
     libmtl_name: ClassVar[str] = ""
 

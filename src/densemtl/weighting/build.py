@@ -18,9 +18,7 @@ __all__ = ["build_weighting", "resolve_arguments"]
 
 def resolve_arguments(cls: type, name: str, args: Mapping[str, Any] | None) -> dict[str, Any]:
     """Map LibMTL-style argument names to ``cls``'s and check them; raise listing the valid ones."""
-    params = [
-        p for p in inspect.signature(cls).parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    ]
+    params = [p for p in inspect.signature(cls).parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
     valid = [p.name for p in params]
     prefixes = {n.lower() + "_" for n in (getattr(cls, "libmtl_name", ""), name) if n}
     aliases = dict(getattr(cls, "arg_aliases", {}))

@@ -50,8 +50,12 @@ class WeightTrajectory:
 
     def state_dict(self) -> dict[str, Any]:
         self.flush()
-        return {"tasks": list(self.tasks), "steps": self.steps.clone(), "epochs": self.epochs.clone(),
-                "epoch_start": self._epoch_start}
+        return {
+            "tasks": list(self.tasks),
+            "steps": self.steps.clone(),
+            "epochs": self.epochs.clone(),
+            "epoch_start": self._epoch_start,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if tuple(state.get("tasks", ())) != self.tasks:
