@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from densemtl.weighting.base import EpochStats, Kind, StepContext, Weighting, register_weighting
+from densemtl.weighting.base import EpochStats, Kind, StepContext, Weighting, at_least_fp32, register_weighting
 
 __all__ = [
     "LPS_PRESETS",
@@ -199,8 +199,8 @@ class LossPrioritization(Weighting):
 
     # ------------------------------------------------------------------ projection
     def project(self, loss: Tensor) -> Tensor:
-        """φ(L) in fp32."""
-        loss = loss.float()
+        """φ(L) in at least fp32."""
+        loss = at_least_fp32(loss)
         if self.projection == "log1p":
             return torch.log(1.0 + loss + self.eps) if self.eps else torch.log1p(loss)
         if self.projection == "log":
@@ -209,7 +209,7 @@ class LossPrioritization(Weighting):
 
     def _statistic(self, loss: Tensor) -> Tensor:
         # ratios of log-losses are meaningless (negative for L < 1): the "log" projection uses raw means
-        return loss.float() if self.projection == "log" else self.project(loss)
+        return at_least_fp32(loss) if self.projection == "log" else self.project(loss)
 
     # ------------------------------------------------------------------ per step
     def statistics(
@@ -224,11 +224,11 @@ class LossPrioritization(Weighting):
         total = None
         for t in self.tasks:
             if self.reference:
-                term = main[t].float()
+                term = at_least_fp32(main[t])
             else:
-                term = weights[t] * self.project(main[t])
+                term = weights[t].to(at_least_fp32(main[t]).dtype) * self.project(main[t])
             for coef, a in aux.get(t, ()):
-                a = a.float()
+                a = at_least_fp32(a)
                 term = term + coef * (self.project(a) if self.project_aux and not self.reference else a)
             total = term if total is None else total + term
         return total, weights
