@@ -211,7 +211,11 @@ def test_reference_mode_trains_the_plain_sum_and_logs_the_released_weights():
         aux = {"depth": [(0.5, torch.tensor(1.5, requires_grad=True))]}
         objective, logged = method.objective(main, aux, CTX)
         objective.backward()
-        return float(objective), [main[t].grad.item() for t in TASKS] + [aux["depth"][0][1].grad.item()], logged
+        return (
+            float(objective.detach()),
+            [main[t].grad.item() for t in TASKS] + [aux["depth"][0][1].grad.item()],
+            logged,
+        )
 
     ref_value, ref_grads, logged = grads(lps)
     plain_value, plain_grads, _ = grads(plain)
