@@ -87,11 +87,13 @@ def test_config_trains_and_validates_one_batch(config, roots, tmp_path):
     if dataset not in ("nyuv2-13", "cityscapes"):  # the mtan / ctal_cnn presets keep the stored size
         args.append(f"--data.train_size=[{SIZE[0]}, {SIZE[1]}]")
     arch_args = yaml.safe_load(config.read_text())["model"].get("arch_args") or {}
-    if "input_size" in arch_args:  # models bound to one input size (CTAL): the test size, a narrow CTAL and,
-        # for HRNet (which needs sizes divisible by 32), EfficientNet-Lite0 with random weights
+    if "input_size" in arch_args:  # models bound to one input size (CTAL): the test size and, for HRNet (which
+        # needs sizes divisible by 32), EfficientNet-Lite0 with random weights
         arch_args = {**arch_args, "input_size": list(SIZE)}
-        arch_args.setdefault("encoder", "hrnet_w18_small_v2")
-        if arch_args["encoder"].startswith("hrnet"):
+        if str(arch_args.get("backbone", "")).startswith("swin"):  # a tiny Swin-V2, random weights
+            tiny = {"embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}
+            arch_args.update(pretrained=None, backbone_args=tiny)
+        elif str(arch_args.get("encoder", "hrnet")).startswith("hrnet"):
             arch_args.update(encoder="tf_efficientnet_lite0", pretrained=None)
         args.append(f"--model.arch_args={json.dumps(arch_args)}")
     cli = cli_main(args)
