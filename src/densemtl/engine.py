@@ -144,14 +144,14 @@ class MultiTaskModule(L.LightningModule):
         self.criterion = MultiTaskCriterion(self.tasks, **criterion_args)
         self.weighting: Weighting = build_weighting(weighting, weighting_args, tasks=self.tasks)
         self.test_metrics = MultiTaskMetrics(
-            self.tasks, dict(num_classes or {}), protocol=metrics_protocol, options=metrics_args
+            self.tasks, dict(num_classes or {}), protocol=metrics_protocol, options=metrics_args, family=family
         )
         val_args = {t: dict(v) for t, v in (metrics_args or {}).items()}
         for task, options in (DEFAULT_VAL_METRICS_ARGS if val_metrics_args is None else val_metrics_args).items():
             if task in self.tasks:
                 val_args[task] = {**val_args.get(task, {}), **options}
         self.val_metrics = MultiTaskMetrics(
-            self.tasks, dict(num_classes or {}), protocol=metrics_protocol, options=val_args
+            self.tasks, dict(num_classes or {}), protocol=metrics_protocol, options=val_args, family=family
         )
         # training KPIs only for methods that use them (DTP): metrics cost time on every step
         self.train_metrics = (

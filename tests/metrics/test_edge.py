@@ -157,17 +157,19 @@ def test_long_chains_finish_fast():
 # -- threshold sweep -------------------------------------------------------------------------------------
 
 
-def test_sweep_matches_brute_force_per_threshold():
+@pytest.mark.parametrize("inclusive", [True, False])
+def test_sweep_matches_brute_force_per_threshold(inclusive):
     rng = np.random.default_rng(2)
     thresholds = np.array([0.1, 0.3, 0.5, 0.5, 0.7, 0.95, 0.2])
     for _ in range(6):
         prob = ndimage.gaussian_filter(rng.random((12, 14)), 1.0)
         prob = (prob - prob.min()) / (prob.max() - prob.min())
+        prob = np.round(prob * 10) / 10  # ties with the thresholds: the comparison rule matters
         gt = sk_thin(rng.random((12, 14)) < 0.3)
         radius = 2.0
-        counts = sweep_counts(prob, gt, thresholds, radius)
+        counts = sweep_counts(prob, gt, thresholds, radius, inclusive=inclusive)
         for t, row in zip(thresholds, counts):
-            skel = sk_thin(prob > t)
+            skel = sk_thin(prob >= t if inclusive else prob > t)
             m = _brute_matched(skel, gt, radius)
             assert tuple(row) == (m, int(skel.sum()), m, int(gt.sum())), t
 
@@ -238,7 +240,7 @@ def test_metric_matches_a_numpy_reference_over_images():
         prob = prob.astype(np.float32).astype(np.float64)  # what the metric sees after the float32 tensor
         rows = []
         for t in thresholds:
-            skel = sk_thin(prob > t)
+            skel = sk_thin(prob >= t)
             k = _brute_matched(skel, gt, radius)
             rows.append((k, skel.sum(), k, gt.sum()))
         rows = np.array(rows, float)
@@ -261,7 +263,7 @@ def test_ignored_pixels_are_removed_and_seg2bmap_mode():
     m.update(_probs(pred), _probs(target))
     assert m.counts[0].tolist() == [10, 10, 10, 10]
     # seg2bmap of a 1-px vertical line marks the column left of it and the line itself; thinning keeps one
-    b = EdgeMetrics(gt="seg2bmap")._gt_map(_vline(shape, 8).astype(np.float32), np.ones(shape, bool))
+    b = EdgeMetrics(family="nyud", gt="seg2bmap")._gt_map(_vline(shape, 8).astype(np.float32), np.ones(shape, bool))
     assert b.sum() >= 10 and set(np.nonzero(b)[1]) <= {7, 8}
 
 
@@ -269,12 +271,12 @@ def test_streaming_equals_one_shot_state_sums_and_variable_sizes():
     g = torch.Generator().manual_seed(5)
     logits = [torch.randn(1, 12 + i, 15, generator=g) * 2 for i in range(4)]
     targets = [(torch.rand(1, 12 + i, 15, generator=g) < 0.15).float() for i in range(4)]
-    one = EdgeMetrics(thresholds=9)
+    one = EdgeMetrics(family="nyud", thresholds=9)
     one.update(logits, targets)
-    a, b = EdgeMetrics(thresholds=9), EdgeMetrics(thresholds=9)
+    a, b = EdgeMetrics(family="nyud", thresholds=9), EdgeMetrics(family="nyud", thresholds=9)
     a.update(logits[:1], targets[:1])
     b.update(logits[1:], targets[1:])
-    stream = EdgeMetrics(thresholds=9)
+    stream = EdgeMetrics(family="nyud", thresholds=9)
     sizes = {name: getattr(stream, name).numel() for name in stream._defaults}
     for x, y in zip(logits, targets):
         stream.update(x[None], y[None])  # (1, 1, H, W) batches
@@ -290,10 +292,10 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match="max_dist"):
         EdgeMetrics(max_dist=2.0)
     with pytest.raises(ValueError, match="nms"):
-        EdgeMetrics(nms=True)
+        EdgeMetrics(family="nyud", nms=True)
     with pytest.raises(ValueError, match="gt mode"):
-        EdgeMetrics(gt="other")
+        EdgeMetrics(family="nyud", gt="other")
     with pytest.raises(ValueError, match="differ in size"):
-        EdgeMetrics().update(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
+        EdgeMetrics(family="nyud").update(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
     with pytest.raises(ValueError, match="must be"):
-        EdgeMetrics().update(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4))
+        EdgeMetrics(family="nyud").update(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4))

@@ -108,7 +108,7 @@ def test_bad_labels_are_clear_errors():
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         m.update(torch.zeros(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="absent"):
-        SegmentationMetrics(3, absent="nan")
+        SegmentationMetrics(3, absent="none")
 
 
 # ------------------------------------------------------------------------------- real NYUv2 labels

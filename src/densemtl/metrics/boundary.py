@@ -8,9 +8,9 @@
 - :func:`match_counts`: one-to-one matching of predicted to GT boundary pixels within a radius in pixels:
   a **maximum-cardinality** bipartite matching (unit-capacity max flow, Dinic, ``scipy.sparse.csgraph``) on the graph of
   pixel pairs at Euclidean distance ≤ radius (``scipy.spatial.cKDTree``).
-- :func:`sweep_counts`: binarise (strict ``>``), thin and match at every threshold of one image; it builds
-  the pair graph once for the union of the thinned maps and re-uses a thinned map when the binarised set
-  did not change.
+- :func:`sweep_counts`: binarise (``>=``, SEISM's ``read_one_png``; or strict ``>``), thin and match at every
+  threshold of one image; it builds the pair graph once for the union of the thinned maps and re-uses a
+  thinned map when the binarised set did not change.
 
 How the matching differs from BSDS ``correspondPixels`` (used by SEISM): ``correspondPixels`` solves a
 minimum-cost perfect assignment in which every pixel may instead go to an outlier node at a high fixed
@@ -235,15 +235,18 @@ def sweep_counts(
     thresholds: np.ndarray,
     radius: float,
     thin_pred: bool = True,
+    inclusive: bool = True,
 ) -> np.ndarray:
-    """Counts of one image at every threshold: binarise ``prob > τ``, thin, match to ``gt``.
+    """Counts of one image at every threshold: binarise ``prob >= τ`` (or ``prob > τ``), thin, match to ``gt``.
 
     Args:
-        prob: (H, W) float edge strength in [0, 1] (pixels to ignore set to 0 by the caller).
+        prob: (H, W) float edge strength in [0, 1] (pixels to ignore set below every threshold, e.g. -1,
+            by the caller).
         gt: (H, W) bool GT boundary map (thinned by the caller).
         thresholds: (T,) float thresholds, any order.
         radius: matching tolerance in pixels.
         thin_pred: thin each binarised map (SEISM does).
+        inclusive: ``prob >= τ`` (SEISM's ``read_one_png``: ``png / 255 >= t``) instead of ``prob > τ``.
 
     Returns:
         (T, 4) int64 rows ``(cntP, sumP, cntR, sumR)`` in the order of ``thresholds``.
@@ -256,14 +259,14 @@ def sweep_counts(
     out[:, 3] = num_gt
     values = np.sort(prob, axis=None)
     # the binarised sets are nested, so an equal pixel count means an equal set
-    above = values.size - np.searchsorted(values, thresholds, side="right")
+    above = values.size - np.searchsorted(values, thresholds, side="left" if inclusive else "right")
     skeletons: dict[int, np.ndarray] = {}
     counts = [int(c) for c in np.unique(above[above > 0])]
     per_chunk = max(1, _STACK_PIXELS // prob.size)
     for start in range(0, len(counts), per_chunk):
         chunk = counts[start : start + per_chunk]
         taus = np.array([thresholds[np.flatnonzero(above == c)[0]] for c in chunk])
-        binary = prob[None] > taus[:, None, None]
+        binary = prob[None] >= taus[:, None, None] if inclusive else prob[None] > taus[:, None, None]
         if thin_pred:
             binary = thin_stack(binary)
         for c, skeleton in zip(chunk, binary):

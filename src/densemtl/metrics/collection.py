@@ -39,29 +39,55 @@ __all__ = [
     "protocol_options",
 ]
 
+_CLAMP_ALL = {"clamp": "all"}  # predictions <= 0 set to 1e-9 for every depth statistic
 PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
     # pooled statistics, clean ATRC saliency, nonzero depth validity, every metric reported
-    "default": {},
+    "default": {"segmentation": {"absent": "zero"}, "depth": dict(_CLAMP_ALL)},
     # MTI-Net file-based protocol (in memory): per-image saliency maxF (β² = 1) and max-mIoU
-    "mtinet": {"sal": {"protocol": "mtinet"}},
+    "mtinet": {"segmentation": {"absent": "zero"}, "depth": dict(_CLAMP_ALL), "sal": {"protocol": "mtinet"}},
     # released MT-CP code: capped depth mask (standard mask alongside), 8-bit normals, MTI-Net saliency
     "mtcp_reference": {
-        "depth": {"valid": "mtcp_reference", "companions": {"nonzero": {"valid": "nonzero"}}},
+        "segmentation": {"absent": "zero"},
+        "depth": {**_CLAMP_ALL, "valid": "mtcp_reference", "companions": {"nonzero": {"valid": "nonzero"}}},
         "normals": {"quantize_png": True},
         "sal": {"protocol": "mtinet"},
     },
     # InvPT lineage: double-sigmoid saliency (compat), the clean ATRC form alongside
-    "invpt": {"sal": {"protocol": "invpt", "companions": {"atrc": {"protocol": "atrc"}}}},
-    "ctal_transformer": {"sal": {"protocol": "invpt", "companions": {"atrc": {"protocol": "atrc"}}}},
-    # mtan: nanmean mIoU over a pooled matrix; depth and normals averaged over batches
-    "mtan": {"segmentation": {"absent": "skip"}, "depth": {"pooling": "batch"}, "normals": {"pooling": "batch"}},
-    # Auto-λ: running means of per-batch values
-    "autolambda": {"depth": {"pooling": "batch"}, "normals": {"pooling": "batch"}},
-    # CTAL CNN: nanmean mIoU, pooled depth and normals
-    "ctal_cnn": {"segmentation": {"absent": "skip"}},
+    "invpt": {
+        "segmentation": {"absent": "zero"},
+        "depth": dict(_CLAMP_ALL),
+        "sal": {"protocol": "invpt", "companions": {"atrc": {"protocol": "atrc"}}},
+    },
+    "ctal_transformer": {
+        "segmentation": {"absent": "zero"},
+        "depth": dict(_CLAMP_ALL),
+        "sal": {"protocol": "invpt", "companions": {"atrc": {"protocol": "atrc"}}},
+    },
+    # mtan: mIoU over a pooled matrix (plain mean: absent classes skipped, see below); depth (raw prediction
+    # in abs / rel error) and normals averaged over batches, each batch counting 1
+    "mtan": {
+        "segmentation": {"absent": "skip"},
+        "depth": {"clamp": "log", "pooling": "batch", "batch_weight": "equal"},
+        "normals": {"pooling": "batch", "batch_weight": "equal"},
+    },
+    # Auto-λ: pooled mIoU as mtan; running means of per-batch depth / normals, a batch weighted by its size
+    "autolambda": {
+        "segmentation": {"absent": "skip"},
+        "depth": {"clamp": "log", "pooling": "batch", "batch_weight": "images"},
+        "normals": {"pooling": "batch", "batch_weight": "images"},
+    },
+    # CTAL CNN: nanmean mIoU, pooled depth (clamped throughout) and normals
+    "ctal_cnn": {"segmentation": {"absent": "skip"}, "depth": dict(_CLAMP_ALL)},
 }
-"""Preset -> metric family -> options (``spec/protocols.md`` §8). Edge odsF options (``max_dist``: 0.0075
-PASCAL, 0.011 NYUD) depend on the dataset, not the preset, and are passed as task options."""
+"""Preset -> metric family -> options (``spec/protocols.md`` §8).
+
+Every preset sets the depth clamp and the rule for classes absent from the whole split explicitly. mtan
+and Auto-λ take a plain mean of the per-class IoUs, which is NaN when a class is absent from GT and
+prediction; both presets skip such classes instead (``absent="skip"``), which gives the reference's number
+whenever it has one (every class occurs, as on the full 654-image NYUv2 test set); ``absent="nan"``
+reproduces the NaN. Edge odsF settings (``max_dist``, ``gt``) depend on the dataset family, not the
+preset: :data:`densemtl.metrics.edge.EDGE_SETTINGS`, applied under every preset from the ``family`` given
+to :func:`build_task_metrics` / :class:`MultiTaskMetrics`."""
 
 
 def family_of(task: str) -> str:
@@ -103,6 +129,7 @@ def _edge(task: str, num_classes: int | None, odsf: bool = True, loss_pos_weight
     """Edge: the balanced-BCE loss meter (key ``loss``) and, when ``odsf``, EdgeMetrics(**options)."""
     meter = EdgeLossMeter(pos_weight=loss_pos_weight)
     if not odsf:
+        options.pop("family", None)
         return meter
     ods = _optional("edge", "EdgeMetrics", task)(**options)
     return MetricCollection({"odsf": ods, "loss": meter}, compute_groups=False)
@@ -143,7 +170,7 @@ def _as_dict(result: Any, name: str) -> dict[str, Any]:
 
 
 def build_task_metrics(
-    task: str, num_classes: int | None = None, protocol: str = "default", **options: Any
+    task: str, num_classes: int | None = None, protocol: str = "default", family: str | None = None, **options: Any
 ) -> Metric | MetricCollection:
     """The metrics of one task under a protocol preset.
 
@@ -151,17 +178,21 @@ def build_task_metrics(
         task: task name (Task registry).
         num_classes: class count of segmentation-like tasks.
         protocol: preset name in :data:`PROTOCOLS`.
+        family: dataset family (``nyud``, ``pascal``, ...): the edge odsF settings of
+            :data:`~densemtl.metrics.edge.EDGE_SETTINGS` (options given here override them).
         **options: options of the family's metric class, overriding the preset; ``companions`` maps a
             key suffix to option overrides of an extra copy of the family.
 
     Returns:
         One ``Metric`` or a ``MetricCollection`` (``compute()`` gives a flat dict of metric name -> value).
     """
-    family = family_of(task)
+    metric_family = family_of(task)
     merged = protocol_options(protocol, task)
     companions = {**merged.pop("companions", {}), **options.pop("companions", {})}
     merged.update(options)
-    build = _BUILDERS[family]
+    if metric_family == "edge" and family:
+        merged.setdefault("family", family)
+    build = _BUILDERS[metric_family]
     main = build(task, num_classes, **merged)
     if not companions:
         return main
@@ -186,6 +217,7 @@ class MultiTaskMetrics(nn.Module):
         num_classes: task -> class count (segmentation-like tasks).
         protocol: preset name in :data:`PROTOCOLS`.
         options: task -> options overriding the preset (see :func:`build_task_metrics`).
+        family: dataset family, for the edge odsF settings (see :func:`build_task_metrics`).
 
     Predictions whose spatial size differs from the target are resized bilinearly (logits before the
     argmax) before scoring.
@@ -197,6 +229,7 @@ class MultiTaskMetrics(nn.Module):
         num_classes: Mapping[str, int] | None = None,
         protocol: str = "default",
         options: Mapping[str, Mapping[str, Any]] | None = None,
+        family: str | None = None,
     ) -> None:
         super().__init__()
         self.tasks = check_tasks(tasks, list(tasks), "MultiTaskMetrics")
@@ -207,8 +240,9 @@ class MultiTaskMetrics(nn.Module):
             raise ValueError(f"metric options given for tasks {sorted(unknown)} not in {list(self.tasks)}")
         num_classes = dict(num_classes or {})
         self.protocol = protocol
+        self.family = family
         self.metrics = nn.ModuleDict(
-            {t: build_task_metrics(t, num_classes.get(t), protocol, **options.get(t, {})) for t in self.tasks}
+            {t: build_task_metrics(t, num_classes.get(t), protocol, family, **options.get(t, {})) for t in self.tasks}
         )
 
     @torch.no_grad()

@@ -6,7 +6,8 @@ The published odsF comes from MATLAB SEISM. :class:`EdgeMetrics` re-implements i
    truncated, read back as ``png / 255`` in float64);
 2. GT boundary map G from the target edge map: ``gt="thin"`` thins ``target == 1``; ``gt="seg2bmap"`` reads
    the target as a label image, applies BSDS seg2bmap and thins (what SEISM does with NYUD ``edge/*.png``);
-3. for every threshold τ: ``E > τ`` (strict; MTI-Net's reader ``read_one_png``, no NMS by default), thinned;
+3. for every threshold τ: ``E >= τ`` (SEISM's ``read_one_png``, MTI-Net's reader: ``png / 255 >= t`` with t the
+   threshold's two-decimal value, so PNG values 51, 102, 153, 204 count at 0.2, 0.4, 0.6, 0.8; no NMS), thinned;
 4. one-to-one matching of predicted to GT boundary pixels within maxDist × the image diagonal
    (:mod:`densemtl.metrics.boundary`), giving cntP, sumP, cntR, sumR;
 5. the counts are summed over images (state: T × 4 integers), and
@@ -23,8 +24,7 @@ Differences from SEISM (why the number is approximate):
   not verified;
 - no NMS: SEISM's InvPT reader (``read_one_cont_png``) applies Dollár's structured-edge NMS first, so scores
   are comparable with MTI-Net-reader numbers only (``nms=True`` is not implemented);
-- thresholds: float64 ``k / 100``; where MATLAB's ``0.01:0.01:0.99`` differs from these by an ulp, PNG
-  values 51, 102, 153, 204 (exactly 0.2, 0.4, 0.6, 0.8) may fall on the other side of the threshold;
+- thresholds: float64 ``k / 100``, the correctly rounded two-decimal values SEISM compares with;
 - ODS is the maximum over the sampled thresholds (no interpolation between them); AP is not computed;
 - image size: the diagonal is that of the target given to ``update``: pass the unpadded original-size
   maps (the engine crops padding before updating); pixels whose target is 255 are removed from both maps.
@@ -49,6 +49,7 @@ from densemtl.metrics.boundary import radius_pixels, seg2bmap, sweep_counts, thi
 from densemtl.tasks import IGNORE_INDEX
 
 __all__ = [
+    "EDGE_SETTINGS",
     "MAX_DIST",
     "EdgeMetrics",
     "edge_probability",
@@ -58,6 +59,14 @@ __all__ = [
 
 MAX_DIST: dict[str, float] = {"pascal": 0.0075, "nyud": 0.011}
 """Matching tolerance as a fraction of the image diagonal per dataset family (§4.5)."""
+
+EDGE_SETTINGS: dict[str, dict[str, object]] = {
+    # SEISM reads NYUD's edge/<id>.png as a label image: seg2bmap, then thinning
+    "nyud": {"max_dist": MAX_DIST["nyud"], "gt": "seg2bmap"},
+    # PASCAL's GT is seg2bmap of the LabelMap; the sample contract carries its thinned boundaries
+    "pascal": {"max_dist": MAX_DIST["pascal"], "gt": "thin"},
+}
+"""odsF settings of each dataset family (``spec/protocols.md`` §4.5), used by every protocol preset."""
 
 
 def edge_thresholds(thresholds: int | Sequence[float] | str = 99) -> np.ndarray:
@@ -151,14 +160,16 @@ class EdgeMetrics(Metric):
 
     Args:
         max_dist: matching tolerance as a fraction of the image diagonal (0.0075 PASCAL, 0.011 NYUD;
-            :data:`MAX_DIST`).
+            :data:`MAX_DIST`). Required, directly or through ``family``: there is no silent default.
         thresholds: an int n (``k / (n + 1)``, 99 = 0.01..0.99), ``"hed"`` or an explicit list; see
             :func:`edge_thresholds`.
         nms: structured-edge NMS before binarising (SEISM's InvPT reader); not implemented, must be False.
         from_logits: True when predictions are logits, False for probabilities in [0, 1].
         quantize: score the 8-bit PNG the export writes (default, as SEISM sees it).
         gt: ``"thin"`` (thinned ``target == 1``) or ``"seg2bmap"`` (target read as a label image, BSDS
-            seg2bmap, thinned: SEISM's treatment of NYUD ``edge/*.png``).
+            seg2bmap, thinned: SEISM's treatment of NYUD ``edge/*.png``). Default: the family's, else thin.
+        family: dataset family (``nyud``, ``pascal``) whose :data:`EDGE_SETTINGS` fill ``max_dist`` and
+            ``gt`` where they are not given.
         ignore_index: target value removed from both maps.
 
     ``update(preds, target)``: ``preds`` (B, 1, H, W) logits and ``target`` (B, 1, H, W) in {0, 1, 255}
@@ -175,16 +186,30 @@ class EdgeMetrics(Metric):
 
     def __init__(
         self,
-        max_dist: float = MAX_DIST["nyud"],
+        max_dist: float | None = None,
         thresholds: int | Sequence[float] | str = 99,
         nms: bool = False,
         from_logits: bool = True,
         quantize: bool = True,
-        gt: Literal["thin", "seg2bmap"] = "thin",
+        gt: Literal["thin", "seg2bmap"] | None = None,
+        family: str | None = None,
         ignore_index: int = IGNORE_INDEX,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if family and family not in EDGE_SETTINGS:
+            raise ValueError(
+                f"no edge odsF settings for dataset family {family!r} (known: {sorted(EDGE_SETTINGS)}); "
+                "give max_dist (a fraction of the image diagonal) and gt explicitly"
+            )
+        settings = EDGE_SETTINGS.get(family or "", {})
+        max_dist = settings.get("max_dist") if max_dist is None else max_dist
+        gt = settings.get("gt", "thin") if gt is None else gt
+        if max_dist is None:
+            raise ValueError(
+                "edge odsF needs max_dist, the matching tolerance as a fraction of the image diagonal: 0.011 for "
+                "NYUD-v2, 0.0075 for PASCAL-Context (spec/protocols.md §4.5); set it, or the dataset family"
+            )
         if not 0 < max_dist < 1:
             raise ValueError(f"max_dist is a fraction of the image diagonal in (0, 1), got {max_dist}")
         if nms:
@@ -222,7 +247,7 @@ class EdgeMetrics(Metric):
         prob = edge_probability(pred, self.from_logits, self.quantize)
         tgt = target.detach().cpu().float().numpy()
         valid = tgt != self.ignore_index
-        prob[~valid] = 0.0
+        prob[~valid] = -1.0  # below every threshold, 0 included
         gt = self._gt_map(tgt, valid)
         return sweep_counts(prob, gt, self.thresholds, radius_pixels(self.max_dist, tgt.shape))
 

@@ -2,9 +2,14 @@
 
 ``spec/protocols.md`` §4.1. The prediction is the argmax over channels; a pixel counts when its GT is not
 the ignore value, so false positives are counted only on valid GT pixels. IoU_c = TP_c / max(TP_c + FP_c +
-FN_c, 1e-8) and mIoU is the mean over **all** classes (``absent="zero"``: a class absent from both GT and
-prediction contributes 0; MTI-Net, InvPT lineage) or over the classes that occur (``absent="skip"``:
-nanmean; CTAL CNN, mtan presets).
+FN_c, 1e-8) and mIoU is the mean over **all** classes. A class absent from both GT and prediction over the
+whole split (TP + FP + FN = 0) counts, by option ``absent``:
+
+- ``zero``: 0 (MTI-Net, InvPT lineage);
+- ``skip``: it is left out of the mean (nanmean; CTAL CNN, and the mtan and Auto-λ presets: their code takes
+  a plain mean, which equals this whenever every class occurs and is NaN otherwise);
+- ``nan``: the plain mean of mtan's / Auto-λ's code, NaN as soon as one class is absent (bit-faithful
+  reproduction only).
 
 Human parts: images without part annotations have an all-ignore target (``spec/protocols.md`` §2.4), so
 they contribute nothing to the confusion matrix; this "skip images without parts" rule needs no option.
@@ -18,7 +23,9 @@ from torchmetrics import Metric
 
 from densemtl.tasks import IGNORE_INDEX
 
-__all__ = ["SegmentationMetrics", "confusion_matrix", "scores_from_confusion"]
+__all__ = ["ABSENT", "SegmentationMetrics", "confusion_matrix", "scores_from_confusion"]
+
+ABSENT = ("zero", "skip", "nan")
 
 
 def _labels(pred: Tensor, num_classes: int) -> Tensor:
@@ -84,11 +91,11 @@ def scores_from_confusion(confmat: Tensor, absent: str = "zero") -> dict[str, Te
 
     Args:
         confmat: (K, K) counts, rows = GT.
-        absent: ``"zero"`` or ``"skip"`` (see the module docstring).
+        absent: ``"zero"``, ``"skip"`` or ``"nan"`` (see the module docstring).
 
     Returns:
         ``miou`` and ``pixel_acc`` (0-d float64), ``iou_per_class`` (K,) float64 (NaN for absent classes
-        under ``"skip"``). pixel_acc is NaN when no pixel was valid.
+        under ``"skip"`` and ``"nan"``). pixel_acc is NaN when no pixel was valid.
     """
     cm = confmat.double()
     tp = cm.diagonal()
@@ -96,11 +103,11 @@ def scores_from_confusion(confmat: Tensor, absent: str = "zero") -> dict[str, Te
     if absent == "zero":
         iou = tp / union.clamp_min(1e-8)
         miou = iou.mean()
-    elif absent == "skip":
+    elif absent in ("skip", "nan"):
         iou = torch.where(union > 0, tp / union.clamp_min(1e-8), torch.full_like(tp, float("nan")))
-        miou = iou.nanmean()
+        miou = iou.nanmean() if absent == "skip" else iou.mean()
     else:
-        raise ValueError(f"absent must be 'zero' or 'skip', got {absent!r}")
+        raise ValueError(f"absent must be one of {ABSENT}, got {absent!r}")
     total = cm.sum()
     pixel_acc = tp.sum() / total if total > 0 else torch.tensor(float("nan"), dtype=cm.dtype)
     return {"miou": 100 * miou, "pixel_acc": 100 * pixel_acc, "iou_per_class": 100 * iou}
@@ -112,7 +119,7 @@ class SegmentationMetrics(Metric):
     Args:
         num_classes: K (40 NYUD, 13 NYUv2-13, 21 PASCAL, 7 parts).
         ignore_index: GT value excluded (255 in the sample contract).
-        absent: ``"zero"`` (default) or ``"skip"``.
+        absent: ``"zero"`` (default), ``"skip"`` or ``"nan"``.
 
     ``update(preds, target)``: logits (B, K, H, W) or labels (B, H, W); target int (B, H, W).
     ``compute()``: ``{"miou", "pixel_acc", "iou_per_class"}`` in percent. State: K² int64, constant.
@@ -126,8 +133,8 @@ class SegmentationMetrics(Metric):
         super().__init__(**kwargs)
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
-        if absent not in ("zero", "skip"):
-            raise ValueError(f"absent must be 'zero' or 'skip', got {absent!r}")
+        if absent not in ABSENT:
+            raise ValueError(f"absent must be one of {ABSENT}, got {absent!r}")
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self.absent = absent
