@@ -123,3 +123,27 @@ def test_fit_resumes_from_the_last_checkpoint(demo_run, tmp_path):
     resumed = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=False)
     assert before["epoch"] == 0 and resumed["epoch"] == 1
     assert resumed["global_step"] == 2 * before["global_step"]
+
+
+def test_verify_dataset_json_report_and_exit_status(tmp_path, capsys):
+    """--json prints the machine-readable report; a split that cannot be read makes the command exit 1."""
+    import json
+
+    import numpy as np
+
+    from densemtl.data.nyud import write_nyud_mt_sample, write_split
+
+    zeros = np.zeros((6, 8))
+    for split, names in (("train", ["a", "b"]), ("val", ["c"])):
+        for n in names:
+            image, normals = np.zeros((6, 8, 3), np.uint8), np.zeros((6, 8, 3))
+            write_nyud_mt_sample(tmp_path, n, image, zeros.astype(int), zeros, normals, zeros)
+        write_split(tmp_path, split, names)
+    assert main(["verify-dataset", str(tmp_path), "--json", "true"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dataset"] == "nyud-mt" and report["ok"] is True
+    assert [(s["split"], s["samples"], s["expected"]) for s in report["splits"]] == [("train", 2, 795), ("val", 1, 654)]
+    (tmp_path / "depth" / "c.npy").unlink()
+    assert main(["verify-dataset", str(tmp_path), "--json", "true"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and "depth/c.npy" in report["errors"][0]

@@ -6,12 +6,14 @@
   given once.
 * ``densemtl generate synth-nyud|synth-pascal --out DIR ...``: write a synthetic dataset.
 * ``densemtl convert nyud-mat nyu_depth_v2_labeled.mat --out DIR ...``: convert the official NYU file.
-* ``densemtl verify-dataset ROOT``: detect the on-disk variant of a dataset and check it.
+* ``densemtl verify-dataset ROOT [--json true]``: detect the on-disk layout of a dataset and check it; exit
+  status 1 when a split cannot be read (:mod:`densemtl.data.verify`).
 * ``densemtl demo``: generate, train, test and predict on the synthetic dataset.
 """
 
 from __future__ import annotations
 
+import json as _json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,16 +76,21 @@ def _run_convert(args: Sequence[str]) -> Any:
 def _run_verify(args: Sequence[str]) -> Any:
     from jsonargparse import CLI
 
-    from densemtl.data.cityscapes import is_cityscapes_root, verify_cityscapes
-    from densemtl.data.nyud import verify_dataset
+    from densemtl.data.verify import verify
 
-    def verify(root: str) -> str:
-        """Detect the variant of the dataset at ``root`` (NYUD-v2 variants, mtan Cityscapes) and check it."""
-        return verify_cityscapes(root) if is_cityscapes_root(root) else verify_dataset(root)
+    def verify_dataset(root: str, json: bool = False) -> Any:
+        """Detect the layout of the dataset at ``root`` (NYUD-v2 variants, mtan Cityscapes) and check it.
 
-    report = CLI(verify, args=list(args))
-    print(report)
-    return report
+        Args:
+            root: the dataset folder.
+            json: print the report as JSON (fields: root, dataset, description, splits, notes, errors,
+                warnings, ok) instead of text.
+        """
+        report = verify(root)
+        print(_json.dumps(report.to_dict(), indent=2) if json else report)
+        return report
+
+    return CLI(verify_dataset, args=list(args))
 
 
 def _run_demo(args: Sequence[str]) -> Any:
@@ -135,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = extra[argv[0]](argv[1:])
         if isinstance(result, Path):
             print(result)
+        if getattr(result, "ok", True) is False:  # e.g. verify-dataset found a split it cannot read
+            return 1
         return 0
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)

@@ -98,7 +98,7 @@ def test_verify_reports_counts_and_is_reachable_from_the_cli(tmp_path, capsys):
     _hand_written(tmp_path, "train", 2)
     _hand_written(tmp_path, "val", 1)
     assert is_cityscapes_root(tmp_path) and not is_cityscapes_root(tmp_path / "train")
-    report = verify_cityscapes(tmp_path)
+    report = str(verify_cityscapes(tmp_path))
     assert "train: 2 samples" in report and "val: 1 samples" in report
     assert "! split 'train' has 2 samples, the standard split has 2975" in report
     assert "! image size 4x6 differs from the released 128x256" in report

@@ -516,17 +516,23 @@ def test_detect_and_verify_each_variant(tmp_path: Path) -> None:
     assert detect_nyud_variant(tmp_path / "mtan") == "nyuv2-13"
     assert detect_nyud_variant(tmp_path) is None
 
-    report = verify_dataset(tmp_path / "atrc")
+    report = str(verify_dataset(tmp_path / "atrc"))
     assert "variant 'nyud'" in report and "train: 2 samples  ! expected 795" in report
     assert "val: 1 samples  ! expected 654" in report
     assert "image size 6x8 differs from the released 425x560" in report
     assert "8-bit PNG" in report
-    assert "InvPT issue #22" in verify_dataset(tmp_path / "mti")
-    assert "NOT comparable with the 40-class" in verify_dataset(tmp_path / "mtan")
+    assert "InvPT issue #22" in str(verify_dataset(tmp_path / "mti"))
+    assert "NOT comparable with the 40-class" in str(verify_dataset(tmp_path / "mtan"))
+    data = verify_dataset(tmp_path / "atrc").to_dict()
+    assert data["ok"] and data["dataset"] == "nyud" and data["errors"] == []
+    assert data["splits"][0] == {"split": "train", "samples": 2, "expected": 795, "image_size": [6, 8], "error": None}
+    assert "the standard split has 654" in " ".join(data["warnings"])
 
     (tmp_path / "atrc" / "edge" / "c.png").unlink()
-    report = verify_dataset(tmp_path / "atrc")
+    broken = verify_dataset(tmp_path / "atrc")
+    report = str(broken)
     assert "! split 'val':" in report and "edge/c.png" in report
+    assert not broken.ok and broken.to_dict()["splits"][1]["error"].count("edge/c.png") == 1
     with pytest.raises(DatasetNotFoundError, match=r"holds no NYUD-v2 variant"):
         verify_dataset(tmp_path)
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from densemtl.data.base import DatasetNotFoundError, Sample, register_dataset
 from densemtl.data.nyud import NYUv2_13, _check_hw, _check_image, _depth_array, _save_npy
+from densemtl.data.verify import DatasetReport, check_splits
 from densemtl.tasks import IGNORE_INDEX
 
 __all__ = [
@@ -135,11 +136,12 @@ def is_cityscapes_root(root: str | Path) -> bool:
     return any((root / s / f).is_dir() for s in ("train", "val") for f in ("label_19", "label_7"))
 
 
-def verify_cityscapes(root: str | Path) -> str:
+def verify_cityscapes(root: str | Path) -> DatasetReport:
     """Check a mtan-layout Cityscapes folder: every file of every split, sizes and split counts.
 
     Returns:
-        A short multi-line report; lines starting with ``!`` are problems.
+        A :class:`~densemtl.data.verify.DatasetReport` (``str()``: the text report, problems on lines
+        with ``!``; ``to_dict()``: the JSON form).
 
     Raises:
         DatasetNotFoundError: ``root`` is not a mtan Cityscapes folder.
@@ -147,21 +149,13 @@ def verify_cityscapes(root: str | Path) -> str:
     root = Path(root)
     if not is_cityscapes_root(root):
         raise DatasetNotFoundError(f"root={root} is not a mtan Cityscapes folder: expected {{train,val}}/label_19/")
-    lines = [f"{root}: Cityscapes, mtan / Auto-lambda layout (CTAL CNN, spec/ctal.md §8)"]
-    problems: list[str] = []
-    for split, expected in _EXPECTED_COUNTS.items():
-        try:
-            ds = Cityscapes(root, split)
-            sample = ds.load(0)
-        except (FileNotFoundError, ValueError) as err:
-            problems.append(f"! split {split!r}: {str(err).splitlines()[0]}")
-            continue
-        size = sample["meta"]["size"]
-        lines.append(f"  {split}: {len(ds)} samples; image size {size[0]}x{size[1]}")
-        if len(ds) != expected:
-            problems.append(f"! split {split!r} has {len(ds)} samples, the standard split has {expected}")
-        if size != CITYSCAPES_SIZE:
-            problems.append(f"! image size {size[0]}x{size[1]} differs from the released 128x256")
-    lines.append("  - 19-class semseg (label_19) and depth as distributed; val is the official 500-image split")
-    lines += [f"  {p}" for p in dict.fromkeys(problems)]
-    return "\n".join(lines)
+    splits, errors, warnings = check_splits(lambda split: Cityscapes(root, split), _EXPECTED_COUNTS, CITYSCAPES_SIZE)
+    return DatasetReport(
+        root=str(root),
+        dataset="cityscapes",
+        description="Cityscapes, mtan / Auto-lambda layout (CTAL CNN, spec/ctal.md §8)",
+        splits=splits,
+        notes=["19-class semseg (label_19) and depth as distributed; val is the official 500-image split"],
+        errors=errors,
+        warnings=warnings,
+    )

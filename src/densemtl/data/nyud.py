@@ -32,6 +32,7 @@ import torch
 
 from densemtl.data.base import DATASETS, DatasetNotFoundError, MultiTaskDataset, Sample, register_dataset
 from densemtl.data.imageio import read_gray, read_rgb
+from densemtl.data.verify import DatasetReport, check_splits
 from densemtl.io import atomic_write, save_jpg, save_png
 from densemtl.tasks import IGNORE_INDEX, TASKS
 from densemtl.viz import grid
@@ -712,7 +713,7 @@ def detect_nyud_variant(root: str | Path) -> str | None:
     return None
 
 
-def verify_dataset(root: str | Path) -> str:
+def verify_dataset(root: str | Path) -> DatasetReport:
     """Check a NYUD-v2 folder and report its variant, counts and protocol consequences (spec §2.7).
 
     Finds the variant from file types and the image size (425x560 png: ATRC; 480x640 jpg: MTI-Net;
@@ -723,7 +724,8 @@ def verify_dataset(root: str | Path) -> str:
         root: the dataset folder.
 
     Returns:
-        A short multi-line report; lines starting with ``!`` are problems.
+        A :class:`~densemtl.data.verify.DatasetReport` (``str()``: the text report, problems on lines
+        with ``!``; ``to_dict()``: the JSON form).
 
     Raises:
         DatasetNotFoundError: ``root`` holds none of the NYUD variants.
@@ -737,27 +739,14 @@ def verify_dataset(root: str | Path) -> str:
         )
     cls = DATASETS.get(variant)
     facts = _VARIANT_FACTS[variant]
-    lines = [f"{root}: NYUD-v2 variant {variant!r}, {facts['lineage']}"]
-    problems: list[str] = []
-    for split, expected in _EXPECTED_COUNTS.items():
-        try:
-            ds = cls(root, split)
-            sample = ds.load(0)
-        except (FileNotFoundError, ValueError) as err:
-            problems.append(f"! split {split!r}: {str(err).splitlines()[0]}")
-            continue
-        size = sample["meta"]["size"]
-        note = "" if len(ds) == expected else f"  ! expected {expected}"
-        lines.append(f"  {split}: {len(ds)} samples{note}; image size {size[0]}x{size[1]}")
-        if len(ds) != expected:
-            problems.append(f"! split {split!r} has {len(ds)} samples, the standard split has {expected}")
-        if size != facts["size"]:
-            want = facts["size"]
-            problems.append(
-                f"! image size {size[0]}x{size[1]} differs from the released {want[0]}x{want[1]} of this variant "
-                "(e.g. a local conversion): numbers are not directly comparable with the published tables"
-            )
-    lines.append("  val is the official 654-image test split; every lineage selects models on it (§2.5)")
-    lines += [f"  - {c}" for c in facts["consequences"]]
-    lines += [f"  {p}" for p in dict.fromkeys(problems)]
-    return "\n".join(lines)
+    splits, errors, warnings = check_splits(lambda split: cls(root, split), _EXPECTED_COUNTS, facts["size"])
+    notes = ["val is the official 654-image test split; every lineage selects models on it (§2.5)"]
+    return DatasetReport(
+        root=str(root),
+        dataset=variant,
+        description=f"NYUD-v2 variant {variant!r}, {facts['lineage']}",
+        splits=splits,
+        notes=notes + list(facts["consequences"]),
+        errors=errors,
+        warnings=warnings,
+    )
