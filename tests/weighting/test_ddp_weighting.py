@@ -1,0 +1,147 @@
+"""DDP (2 gloo CPU processes): weights identical on both ranks and equal to one process on the global batch.
+
+Each rank runs the engine's own hooks (``training_step``, ``on_train_batch_end`` with the post-step
+forward, ``on_train_epoch_end`` with the all-reduced epoch statistics); gradients are averaged over
+ranks as DDP does. Normalisation layers are in eval mode so that per-rank and global batches see the
+same per-sample computation. Linear objectives (DWA, LPS without projection) are compared on distinct
+halves of the global batch; the non-linear ones (LPS with log1p, FAMO) on a global batch made of two
+identical halves, where every rank-local loss equals the global one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from densemtl.engine import MultiTaskModule
+from densemtl.weighting import TrainInfo
+
+TASKS = ["semseg", "depth", "normals"]
+EPOCHS, STEPS, HALF = 3, 2, 2
+CONFIGS = {  # name: (method, arguments, mirrored halves)
+    "dwa": ("dwa", {}, False),
+    "lps_none": ("lps", {"projection": "none", "beta": 7.5}, False),
+    "lps_log1p": ("lps", {}, True),
+    "famo": ("famo", {}, True),
+}
+# fp32 sums over 2 vs 4 samples round differently; FAMO's Adam steps on ξ amplify that to ~2e-6
+TOLERANCE = {"dwa": 1e-6, "lps_none": 1e-6, "lps_log1p": 1e-6, "famo": 1e-5}
+
+
+def _sample(i: int, h: int = 12, w: int = 12) -> dict:
+    g = torch.Generator().manual_seed(1000 + i)
+    image = torch.randn(3, h, w, generator=g)
+    normals = torch.nn.functional.normalize(torch.randn(3, h, w, generator=g), dim=0)
+    return {
+        "image": image,
+        "semseg": torch.randint(0, 3, (h, w), generator=g),
+        "depth": torch.rand(1, h, w, generator=g) * 4 + 0.5,
+        "normals": normals,
+    }
+
+
+def _batch(indices) -> dict:
+    samples = [_sample(i) for i in indices]
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def _train(config: str, rank: int, world: int) -> dict:
+    name, args, mirrored = CONFIGS[config]
+    torch.manual_seed(0)
+    module = MultiTaskModule(
+        tasks=TASKS,
+        num_classes={"semseg": 3},
+        family="nyud",
+        arch="hps",
+        arch_args={"pretrained": None, "neck_channels": 8, "head_channels": 8},
+        weighting=name,
+        weighting_args=args,
+        scheduler="none",
+        lr=1e-3,
+        log_images=0,
+    )
+    module.log = module.log_dict = lambda *a, **k: None
+    module.weighting.on_train_start(TrainInfo(tasks=tuple(TASKS), world_size=world, seed=3, family="nyud"))
+    module.train()
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    optimizer = module.configure_optimizers()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for step in range(EPOCHS * STEPS):
+        first = step * 2 * HALF
+        if mirrored:  # the global batch is two copies of one half
+            local = list(range(first, first + HALF)) * (2 if world == 1 else 1)
+        else:
+            local = list(range(first, first + 2 * HALF))
+            if world > 1:
+                local = local[rank * HALF : (rank + 1) * HALF]
+        batch = _batch(local)
+        optimizer.zero_grad()
+        module.training_step(batch, step).backward()
+        if world > 1:  # DDP's gradient averaging
+            for p in params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+        optimizer.step()
+        module.on_train_batch_end(None, batch, step)
+        if step % STEPS == STEPS - 1:
+            module.on_train_epoch_end()
+    state = module.weighting.state_dict()
+    return {
+        "steps": module._trajectory.steps.double().tolist(),
+        "state": {k: v.double().tolist() for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()},
+    }
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        results = {config: _train(config, rank, world) for config in CONFIGS}
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(results, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_two_ranks_compute_identical_weights_equal_to_one_process(tmp_path):
+    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="fork")
+    deadline = time.monotonic() + 180
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("DDP workers did not finish within 180 s")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for config in CONFIGS:
+        r0, r1 = ranks[0][config], ranks[1][config]
+        assert r0 == r1, config  # bitwise identical weights and weighting state on both ranks
+        single = _train(config, 0, 1)
+        tol = TOLERANCE[config]
+        assert torch.tensor(r0["steps"]) == pytest.approx(torch.tensor(single["steps"]), abs=tol), config
+        for key, value in single["state"].items():
+            got = torch.tensor(r0["state"][key])
+            assert got == pytest.approx(torch.tensor(value), abs=tol, rel=tol), (config, key)
+    # the weights did change, so the comparison is not between constants
+    assert ranks[0]["dwa"]["state"]["weights"] != [1.0, 1.0, 1.0]
+    assert ranks[0]["lps_none"]["steps"][-1] != [1.0, 1.0, 1.0]
+    assert ranks[0]["lps_log1p"]["steps"][-1] != [1.0, 1.0, 1.0]
+    assert ranks[0]["famo"]["state"]["xi"] != [0.0, 0.0, 0.0]
