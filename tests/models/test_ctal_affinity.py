@@ -206,3 +206,26 @@ def test_gamma_zero_reduces_to_conv_out_of_conv_in():
     outs = block(xs)
     for k in range(2):
         torch.testing.assert_close(outs[k], block.conv_out[k](block.conv_in[k](xs[k])))
+
+
+@pytest.mark.parametrize("n,grid", [(1, (1, 1)), (2, (1, 7)), (3, (5, 1)), (3, (4, 6))])
+def test_tap_by_tap_grouped_conv_equals_conv2d(n, grid):
+    """The module's tap-by-tap fusion equals F.conv2d(groups=P) on the interleaved stack, values and grads."""
+    from densemtl.models.ctal.affinity import affinity_maps, affinity_matrix_direct
+
+    h, w = grid
+    p = h * w
+    feats, _, weight, bias = _random_case(n, 3, h, w, per_task=False, dtype=torch.float64)
+    results = []
+    for use_taps in (True, False):
+        f, wt, bs = (x.clone().requires_grad_() for x in (feats, weight, bias))
+        aff = affinity_maps(normalise_pixels(f))
+        if use_taps:
+            g = affinity_matrix_direct(aff, wt, bs)
+        else:
+            stacked = aff.transpose(1, 2).reshape(2, p * n, h, w)
+            g = torch.nn.functional.conv2d(stacked, wt, bs, padding=1, groups=p).reshape(2, p, p)
+        (g * torch.linspace(-1, 1, g.numel(), dtype=g.dtype).reshape(g.shape)).sum().backward()
+        results.append((g.detach(), f.grad, wt.grad, bs.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -33,6 +33,7 @@ __all__ = [
     "affinity_diffusion",
     "affinity_diffusion_direct",
     "affinity_diffusion_linear",
+    "affinity_maps",
     "affinity_matrix_direct",
     "choose_impl",
     "direct_memory_bytes",
@@ -107,19 +108,60 @@ def _fuse_direct(stacked: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return F.conv2d(stacked, weight, bias, padding=1, groups=p).reshape(stacked.shape[0], p, p)
 
 
-def affinity_matrix_direct(fhat: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """G (B, P, P) of the direct form, G[p, q] (``spec/ctal.md`` §3.3), for a shared (P, N, 3, 3) / (P,) conv.
+def affinity_maps(fhat: Tensor) -> Tensor:
+    """The N task affinities A_k = F̂_kᵀ F̂_k with each query row viewed as a key map: (B, N, P, H, W)."""
+    b, n, c, h, w = fhat.shape
+    flat = fhat.reshape(b, n, c, h * w)
+    return (flat.transpose(-1, -2) @ flat).reshape(b, n, h * w, h, w)
+
+
+class _PerPixelTaps(torch.autograd.Function):
+    """The grouped conv of §3.3 evaluated tap by tap: G̃[:, p] = b_p + Σ_{k,δ} W_p[k, δ] · S_δ Ã_k[:, p].
+
+    Same function as ``F.conv2d(interleave(A), W, b, padding=1, groups=P)``; its backward pass is 9N
+    multiply-adds and reductions over (B, P, H, W), where PyTorch's CPU grouped-conv weight gradient with
+    P groups is orders of magnitude slower.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, aff: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        b, n, p, h, w = aff.shape
+        padded = F.pad(aff, (1, 1, 1, 1))
+        out = bias.reshape(1, p, 1, 1).expand(b, p, h, w).clone()
+        for k in range(n):
+            for di, dj in OFFSETS:
+                tap = weight[:, k, di + 1, dj + 1].reshape(1, p, 1, 1)
+                out.addcmul_(padded[:, k, :, 1 + di : 1 + di + h, 1 + dj : 1 + dj + w], tap)
+        ctx.save_for_backward(aff, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        aff, weight = ctx.saved_tensors
+        b, n, p, h, w = aff.shape
+        padded = F.pad(aff, (1, 1, 1, 1))
+        grad_padded = torch.zeros_like(padded)
+        grad_weight = torch.empty_like(weight)
+        for k in range(n):
+            for di, dj in OFFSETS:
+                window = (slice(None), k, slice(None), slice(1 + di, 1 + di + h), slice(1 + dj, 1 + dj + w))
+                tap = weight[:, k, di + 1, dj + 1].reshape(1, p, 1, 1)
+                grad_padded[window].addcmul_(grad, tap)
+                grad_weight[:, k, di + 1, dj + 1] = (grad * padded[window]).sum(dim=(0, 2, 3))
+        return grad_padded[..., 1 : 1 + h, 1 : 1 + w], grad_weight, grad.sum(dim=(0, 2, 3))
+
+
+def affinity_matrix_direct(aff: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """G (B, P, P) of the direct form, G[p, q] (``spec/ctal.md`` §3.3), from :func:`affinity_maps`.
 
     Args:
-        fhat: (B, N, C, H, W) normalised features.
+        aff: (B, N, P, H, W) task affinities.
+        weight: (P, N, 3, 3) grouped-conv weight; bias: (P,).
     """
-    b, n, c, h, w = fhat.shape
-    p = h * w
+    b, n, p, h, w = aff.shape
     if weight.shape != (p, n, 3, 3) or bias.shape != (p,):
         raise ValueError(f"weight {tuple(weight.shape)} / bias {tuple(bias.shape)} must be ({p}, {n}, 3, 3) / ({p},)")
-    flat = fhat.reshape(b, n, c, p)
-    stacked = (flat.transpose(-1, -2) @ flat).reshape(b, n, p, h, w).transpose(1, 2).reshape(b, p * n, h, w)
-    return _fuse_direct(stacked, weight, bias)
+    return _PerPixelTaps.apply(aff, weight, bias).reshape(b, p, p)
 
 
 # ------------------------------------------------------------------------------------------------ linear form

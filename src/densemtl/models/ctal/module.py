@@ -12,7 +12,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from densemtl.models.ctal.affinity import affinity_diffusion, affinity_matrix_direct, choose_impl, normalise_pixels
+from densemtl.models.ctal.affinity import (
+    affinity_diffusion,
+    affinity_maps,
+    affinity_matrix_direct,
+    choose_impl,
+    normalise_pixels,
+)
 
 __all__ = ["GCONV_MODES", "CTALBlock", "CrossTaskAffinity"]
 
@@ -92,9 +98,16 @@ class CrossTaskAffinity(nn.Module):
             raise ValueError(f"CrossTaskAffinity built for {self.num_tasks} tasks, got {len(values)} value maps")
         fhat = normalise_pixels(features)
         b, n, c, h, w = fhat.shape
-        if self.impl == "direct" and isinstance(self.gconv, nn.Conv2d):
-            g_t = affinity_matrix_direct(fhat, *self.conv_parameters()).transpose(-1, -2)  # one G for all tasks
-            return [(v.reshape(b, c, h * w) @ g_t).reshape(b, c, h, w) for v in values]
+        if self.impl == "direct":  # materialise the affinities once, then G (shared) or G_t (per task)
+            aff = affinity_maps(fhat)
+            if isinstance(self.gconv, nn.Conv2d):
+                g_t = affinity_matrix_direct(aff, *self.conv_parameters()).transpose(-1, -2)
+                return [(v.reshape(b, c, h * w) @ g_t).reshape(b, c, h, w) for v in values]
+            return [
+                (v.reshape(b, c, h * w) @ affinity_matrix_direct(aff, *self.conv_parameters(t)).transpose(-1, -2))
+                .reshape(b, c, h, w)
+                for t, v in enumerate(values)
+            ]
         out = []
         for t, v in enumerate(values):
             weight, bias = self.conv_parameters(t)
