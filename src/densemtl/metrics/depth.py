@@ -97,15 +97,18 @@ _CHUNK = 32768
 
 
 def _chunk_sums(pred: Tensor, target: Tensor, clamp: str) -> Tensor:
-    """(8,) float64 sums of ``_SUMS[1:]`` over 1-D valid predictions and targets."""
+    """(8,) float64 sums of ``_SUMS[1:]`` over 1-D valid predictions and targets (in-place temporaries)."""
     raw, g = pred.double(), target.double()
-    p = torch.where(raw <= 0, 1e-9, raw)  # NaN stays NaN
+    p = raw.masked_fill(raw <= 0, 1e-9)  # NaN stays NaN
     d = (p if clamp == "all" else raw) - g
-    ad = d.abs()
     d2 = d * d
-    log_diff = torch.log(g) - torch.log(p)
-    ratio = torch.maximum(g / p, p / g)
-    sums = [d2.sum(), (log_diff * log_diff).sum(), (ad / g).sum(), (d2 / g).sum(), ad.sum()]
+    sq, sq_rel = d2.sum(), d2.div_(g).sum()
+    ad = d.abs_()
+    abs_sum, abs_rel = ad.sum(), ad.div_(g).sum()
+    log_diff = torch.log(g).sub_(torch.log(p))
+    ratio = g / p
+    ratio = torch.maximum(ratio, p / g, out=ratio)
+    sums = [sq, log_diff.mul_(log_diff).sum(), abs_rel, sq_rel, abs_sum]
     sums += [torch.count_nonzero(ratio < 1.25**k).double() for k in (1, 2, 3)]
     return torch.stack(sums)
 
