@@ -186,3 +186,30 @@ def test_epoch_accumulator_is_sample_weighted_and_round_trips():
     assert other.reduce()["x"].tolist() == pytest.approx([1.5, 3.0])
     acc.reset()
     assert acc.reduce() == {}
+
+
+def test_weight_plot_goes_to_the_run_folder_and_tensorboard(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    module = _module("rlw")
+    logger = TensorBoardLogger(tmp_path, name="run")
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=logger,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, DataLoader(_Samples(4), batch_size=2))
+    run_dir = tmp_path / "run" / "version_0"
+    assert (run_dir / WEIGHTS_PNG).stat().st_size > 1000
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert "weights/trajectory" in events.Tags()["images"]
+    logged = [e.value for e in events.Scalars("weight/semseg")]
+    assert len(logged) == 3 and all(0 < v < 1 for v in logged)  # RLW: softmax weights, a new draw per step
+    assert module._trajectory.steps[:, 0].tolist() == pytest.approx(logged, abs=1e-6)
