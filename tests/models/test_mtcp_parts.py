@@ -81,21 +81,21 @@ def test_mask2former_directory_errors(tmp_path) -> None:
 
 
 def test_mask2former_loads_from_local_directory(tmp_path) -> None:
-    from transformers import Mask2FormerConfig, Mask2FormerModel, SwinConfig
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
 
     torch.manual_seed(0)
     swin = SwinConfig(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=7,
                       out_features=["stage1", "stage2", "stage3", "stage4"])
     config = Mask2FormerConfig(backbone_config=swin, hidden_dim=32, mask_feature_size=32, feature_size=32,
                                num_queries=6, encoder_layers=1, decoder_layers=3, encoder_feedforward_dim=32,
-                               dim_feedforward=32)
-    saved = Mask2FormerModel(config).eval()
+                               dim_feedforward=32, num_labels=5)
+    saved = Mask2FormerForUniversalSegmentation(config).eval()  # the checkpoint's class, class head included
     saved.save_pretrained(tmp_path)
     fusion = Mask2FormerFusion("mask2former", str(tmp_path)).eval()
     assert fusion.channels == 32
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        out = saved(pixel_values=x)
+        out = saved.model(pixel_values=x)
         expected = out.pixel_decoder_last_hidden_state * out.masks_queries_logits[-1].sum(1, keepdim=True)
         torch.testing.assert_close(fusion(x), expected)
 
