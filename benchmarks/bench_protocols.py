@@ -96,31 +96,29 @@ def measure_metrics(seconds: float, smoke: bool) -> dict[str, float]:
 
     rng = np.random.default_rng(1)
     data = frames(smoke)
-    results: dict[str, float] = {}
     normals = []
     for f in data:
         gt = torch.from_numpy(np.ascontiguousarray(f["normals"].transpose(2, 0, 1)))[None].float()
         normals.append((gt + 0.2 * torch.from_numpy(rng.normal(size=gt.shape)).float(), gt))
-    metric = NormalsMetrics()
-    results["normals_ms"] = per_call(lambda pg: metric.update(*pg), normals, seconds)
-    metric.reset()
-    for pg in normals:
-        metric.update(*pg)
-    results["normals_check"] = float(sum(v for v in metric.compute().values()))
-
     depths = []
     for f in data:
         gt = torch.from_numpy(f["depth"])[None, None].clone()
         gt[..., :20, :] = 0  # invalid border rows, as Kinect frames have
         pred = gt * torch.from_numpy(rng.uniform(0.8, 1.2, gt.shape)).float() - 0.05
         depths.append((pred, gt))
-    dmetric = DepthMetrics()
-    results["depth_ms"] = per_call(lambda pg: dmetric.update(*pg), depths, seconds)
-    dmetric.reset()
-    for pg in depths:
-        dmetric.update(*pg)
-    results["depth_check"] = float(sum(v for v in dmetric.compute().values()))
-    return results
+    return {
+        **_metric_figures("normals", NormalsMetrics(), normals, seconds),
+        **_metric_figures("depth", DepthMetrics(), depths, seconds),
+    }
+
+
+def _metric_figures(name: str, metric, pairs: list, seconds: float) -> dict[str, float]:
+    """``<name>_ms`` per ``update`` and ``<name>_check``, the sum of the values computed over ``pairs``."""
+    ms = per_call(lambda pg: metric.update(*pg), pairs, seconds)
+    metric.reset()
+    for pg in pairs:
+        metric.update(*pg)
+    return {f"{name}_ms": ms, f"{name}_check": float(sum(v for v in metric.compute().values()))}
 
 
 def measure_preset(seconds: float, smoke: bool) -> dict[str, float]:
@@ -209,8 +207,10 @@ def main() -> None:
     for key in ("normals_check", "depth_check", "mtinet_check", "mtinet_normals_check"):
         if key not in now:
             continue
-        same = "" if not base or key not in base else (
-            "  (identical)" if base[key] == now[key] else f"  differs: baseline {base[key]!r}"
+        same = (
+            ""
+            if not base or key not in base
+            else ("  (identical)" if base[key] == now[key] else f"  differs: baseline {base[key]!r}")
         )
         print(f"checksum {key[:-6]}: {now[key]!r}{same}")
 
