@@ -158,7 +158,7 @@ def test_si_is_scale_invariant_with_implied_inverse_weights():
         objective, w = si.combine(losses, CTX)
         objective.backward()
         grads.append(theta.grad.clone())
-        assert [float(w[t]) for t in "abc"] == pytest.approx([1 / float(losses[t]) for t in "abc"], rel=1e-6)
+        assert [float(w[t]) for t in "abc"] == pytest.approx([1 / losses[t].item() for t in "abc"], rel=1e-6)
     assert torch.allclose(grads[0], grads[1], atol=1e-12)
 
 
