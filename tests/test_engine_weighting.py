@@ -213,3 +213,10 @@ def test_weight_plot_goes_to_the_run_folder_and_tensorboard(tmp_path):
     logged = [e.value for e in events.Scalars("weight/semseg")]
     assert len(logged) == 3 and all(0 < v < 1 for v in logged)  # RLW: softmax weights, a new draw per step
     assert module._trajectory.steps[:, 0].tolist() == pytest.approx(logged, abs=1e-6)
+
+
+def test_famo_takes_one_xi_step_per_optimiser_step_under_lightning(tmp_path):
+    module = _module("famo")
+    _trainer(tmp_path, 3).fit(module, DataLoader(_Samples(8), batch_size=2))
+    assert int(module.weighting.adam_steps) == 3
+    assert module.weighting.xi.abs().min() > 0
