@@ -300,8 +300,8 @@ class MultiTaskModule(L.LightningModule):
     def _write_weight_plot(self) -> None:
         """``weights.png`` in the run folder and the same figure in TensorBoard (rank 0)."""
         trainer = self._trainer
-        if trainer is None or not trainer.is_global_zero or trainer.sanity_checking:
-            return
+        if trainer is None or not trainer.is_global_zero or trainer.sanity_checking or trainer.fast_dev_run:
+            return  # fast_dev_run writes no artefacts (as Lightning's loggers and checkpoints)
         fig = self._trajectory.figure(title=f"weighting: {self.hparams.weighting}")
         out_dir = Path(trainer.log_dir or trainer.default_root_dir)
         save_figure(fig, out_dir / WEIGHTS_PNG)
