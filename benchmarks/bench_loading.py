@@ -110,7 +110,7 @@ def ensure_dataset(root: Path, samples: int, seed: int = 0, synthetic: bool = Fa
         (``root``, what the frames are: ``real`` or ``synthetic``).
     """
     kind = "synthetic" if synthetic or not REAL_FRAMES.is_dir() else "real"
-    split, stamp = root / "gt_sets" / "train.txt", root / "gt_sets" / f"bench-v3-{kind}"
+    split, stamp = root / "gt_sets" / "train.txt", root / "gt_sets" / f"bench-v4-{kind}"
     names = [f"{i:04d}" for i in range(samples)]
     if split.is_file() and split.read_text().split() == names and stamp.is_file():
         return root, kind
@@ -118,8 +118,11 @@ def ensure_dataset(root: Path, samples: int, seed: int = 0, synthetic: bool = Fa
     real = real_frames() if kind == "real" else []
     for i, name in enumerate(names):
         write_nyud_sample(root, name, **(real[i % len(real)] if real else synth_frame(rng)))
+    val = [f"v{i:04d}" for i in range(2)]  # splits must be disjoint (densemtl.data.splits)
+    for i, name in enumerate(val):
+        write_nyud_sample(root, name, **(real[i % len(real)] if real else synth_frame(rng)))
     write_split(root, "train", names)
-    write_split(root, "val", names[:2])
+    write_split(root, "val", val)
     for old in (root / "gt_sets").glob("bench-*"):
         old.unlink()
     stamp.write_text("content version of this benchmark\n")

@@ -135,7 +135,6 @@ def measure_preset(seconds: float, smoke: bool) -> dict[str, float]:
         for name, f in zip(names, data):
             write_nyud_mt_sample(tmp, name, **f)
         write_split(tmp, "train", names)
-        write_split(tmp, "val", names)
         params = inspect.signature(NYUDMT).parameters
         compact = {k: True for k in ("normals_png8", "uint8_labels") if k in params}  # as the loaders read
         reader = NYUDMT(tmp, split="train", tasks=["semseg", "depth", "normals", "edge"], **compact)

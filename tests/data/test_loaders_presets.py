@@ -36,18 +36,20 @@ def _frame(rng: np.random.Generator, h: int, w: int) -> dict[str, np.ndarray]:
 def _write(layout: str, root: Path, size: tuple[int, int], n: int = 6) -> Path:
     rng = np.random.default_rng(0)
     names = [f"{i:04d}" for i in range(n)]
-    for i, name in enumerate(names):
+    val = [f"v{i}" for i in range(2)]
+    for i, name in enumerate(names + val):
         f = _frame(rng, *size)
         if layout == "nyud":
             write_nyud_sample(root, name, **f)
         elif layout == "nyud-mt":
             write_nyud_mt_sample(root, name, **f)
+        elif i < n:
+            write_nyuv2_13_sample(root, "train", i, f["image"], f["semseg"], f["depth"], f["normals"])
         else:
-            for split in ("train", "val"):
-                write_nyuv2_13_sample(root, split, i, f["image"], f["semseg"], f["depth"], f["normals"])
+            write_nyuv2_13_sample(root, "val", i - n, f["image"], f["semseg"], f["depth"], f["normals"])
     if layout != "nyuv2-13":
         write_split(root, "train", names)
-        write_split(root, "val", names[:2])
+        write_split(root, "val", val)
     return root
 
 

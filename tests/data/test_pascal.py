@@ -489,7 +489,7 @@ def test_missing_root_and_split(tmp_path: Path, root: Path, cache: Path) -> None
     with pytest.raises(DatasetNotFoundError, match=r"split file of 'val' .*val\.txt"):
         _ds(root, cache, split="val")
     write_split(root, "val", [])
-    with pytest.raises(ValueError, match="lists no image ids"):
+    with pytest.raises(ValueError, match="lists no ids"):
         _ds(root, cache, split="val")
     with pytest.raises(ValueError, match="unknown split 'test'"):
         _ds(root, cache, split="test")

@@ -89,7 +89,23 @@ def read_rgb(path: str | Path, what: str = "image") -> np.ndarray:
     if pixels is not None:
         return pixels
     im = _pillow(data, path, what)
+    if im.mode in _WIDE_MODES:  # convert("RGB") would saturate them: a 16-bit photo turns all white
+        raise ValueError(
+            f"{what} file {path} has {_WIDE_MODES[im.mode]} pixels (Pillow mode {im.mode}); expected an 8-bit RGB, "
+            "grey or palette image: convert it to 8 bits per channel first"
+        )
     return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+
+
+_WIDE_MODES = {
+    "I;16": "16-bit integer",
+    "I;16L": "16-bit integer",
+    "I;16B": "16-bit integer",
+    "I;16N": "16-bit integer",
+    "I": "32-bit integer",
+    "F": "32-bit float",
+}
+"""Pillow modes of single-channel images wider than 8 bits, which an RGB image must not have."""
 
 
 def read_gray(path: str | Path, what: str = "image") -> np.ndarray:

@@ -32,6 +32,7 @@ import torch
 
 from densemtl.data.base import DATASETS, DatasetNotFoundError, MultiTaskDataset, Sample, register_dataset
 from densemtl.data.imageio import read_gray, read_rgb
+from densemtl.data.splits import check_disjoint_splits, read_split_ids
 from densemtl.data.verify import DatasetReport, check_splits
 from densemtl.io import atomic_write, save_jpg, save_png
 from densemtl.tasks import IGNORE_INDEX, TASKS
@@ -114,15 +115,29 @@ def _as_hw3(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
     return arr
 
 
-def _depth_tensor(arr: np.ndarray, path: Path) -> torch.Tensor:
-    """(H, W) metres -> float32 (1, H, W); NaN, inf and negative depths raise."""
+def _depth_tensor(arr: np.ndarray, path: Path, max_depth: float | None = None) -> torch.Tensor:
+    """(H, W) float metres -> float32 (1, H, W).
+
+    Raises a ``ValueError`` naming the file for an integer dtype (depth stored as uint16 millimetres reads
+    as metres 1000x too far), NaN, inf, negative depths and depths beyond ``max_depth`` metres.
+    """
     arr = _as_hw(arr, path, "depth")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"depth file {path} has non-numeric dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(
+            f"depth file {path} holds integers ({arr.dtype}, max {arr.max() if arr.size else 0}); expected float "
+            "metres: if these are millimetres, store depth / 1000 as float32"
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"depth file {path} has non-numeric dtype {arr.dtype}; expected float metres")
     _check_finite(arr, path, "depth")
     arr = arr.astype(np.float32, copy=False)
     if arr.size and arr.min() < 0:
         raise ValueError(f"depth file {path} has negative values (min {arr.min()}); expected metres >= 0")
+    if max_depth is not None and arr.size and arr.max() > max_depth:
+        raise ValueError(
+            f"depth file {path} reaches {arr.max():.4g}, beyond the {max_depth:g} m plausible for this dataset; "
+            "expected metres (millimetres or another unit?)"
+        )
     return torch.from_numpy(np.ascontiguousarray(arr))[None]
 
 
@@ -170,6 +185,8 @@ class _NYUDBase(MultiTaskDataset):
     available_tasks: ClassVar[tuple[str, ...]] = ("semseg", "depth", "normals", "edge")
     classes: ClassVar[dict[str, tuple[str, ...]]] = {"semseg": NYU40_CLASSES}
     layout: ClassVar[str] = ""
+    max_depth: ClassVar[float | None] = 20.0
+    """Metres: a depth file beyond it is refused as implausible (Kinect frames stay below 10 m)."""
 
     def __init__(
         self,
@@ -250,9 +267,8 @@ class _SplitFileLayout(_NYUDBase):
         split_file = self.root / "gt_sets" / f"{self.split}.txt"
         if not split_file.is_file():
             raise self._not_found(split_file, f"split file of split {self.split!r}")
-        ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
-        if not ids:
-            raise ValueError(f"split file {split_file} lists no ids")
+        ids = read_split_ids(split_file)
+        check_disjoint_splits(self.split, ids, {s: self.root / "gt_sets" / f"{s}.txt" for s in self.splits})
         for modality in ("image", *self.tasks):
             folder = self.root / self.folders[modality]
             if not folder.is_dir():
@@ -269,7 +285,7 @@ class _SplitFileLayout(_NYUDBase):
 
     def _load_depth(self, name: str) -> torch.Tensor:
         path = self._file("depth", name)
-        return _depth_tensor(_read_npy(path), path)
+        return _depth_tensor(_read_npy(path), path, self.max_depth)
 
 
 _NORMAL_PNG_LUT = (2.0 * np.arange(256, dtype=np.float64) / 255.0 - 1.0).astype(np.float32)
@@ -475,7 +491,7 @@ class NYUv2_13(_NYUDBase):  # noqa: N801 - the dataset's name
 
     def _load_depth(self, name: str) -> torch.Tensor:
         path = self._file("depth", name)
-        return _depth_tensor(_read_npy(path), path)
+        return _depth_tensor(_read_npy(path), path, self.max_depth)
 
     def _load_normals(self, name: str) -> torch.Tensor:
         path = self._file("normals", name)

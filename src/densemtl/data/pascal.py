@@ -46,6 +46,7 @@ from skimage.morphology import thin
 from densemtl.data.base import DatasetNotFoundError, MultiTaskDataset, Sample, register_dataset
 from densemtl.data.imageio import open_image
 from densemtl.data.pascal_classes import NYU_COMPATIBLE_CONTEXT_IDS
+from densemtl.data.splits import check_disjoint_splits, read_split_ids
 from densemtl.io import atomic_write, save_jpg, save_png
 from densemtl.tasks import IGNORE_INDEX
 
@@ -538,9 +539,8 @@ class PascalContext(MultiTaskDataset):
         split_file = self.root / SPLIT_DIR / f"{self.split}.txt"
         if not split_file.is_file():
             raise self._not_found(split_file, f"split file of {self.split!r}")
-        ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
-        if not ids:
-            raise ValueError(f"split file {split_file} lists no image ids; expected one id per line")
+        ids = read_split_ids(split_file)
+        check_disjoint_splits(self.split, ids, {s: self.root / SPLIT_DIR / f"{s}.txt" for s in self.splits})
         if not (self.root / IMAGE_DIR).is_dir():
             raise self._not_found(self.root / IMAGE_DIR, "image folder")
         for task in self.tasks:
