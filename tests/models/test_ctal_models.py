@@ -205,8 +205,10 @@ def test_transformer_tiny_overfit(one_thread):
     torch.manual_seed(0)
     model = MODELS.get("ctal_transformer")(
         ["semseg", "depth"], {"semseg": 3}, input_size=(64, 64), ctal_channels=16, aspp_rates=(1, 2, 3),
-        backbone_args={"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2]},
+        backbone_args={"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "stochastic_depth_prob": 0},
     )
-    # stride 32: a 2x2 grid holds the four quadrants; the heads' Dropout(0.5) stays active, hence the looser bound
-    first, last = _overfit(model, 30, size=(64, 64), lr=2e-3)
-    assert last < 0.4 * first, (first, last)
+    for module in model.modules():  # the heads' Dropout(0.5) only adds noise to a 30-step fit
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    first, last = _overfit(model, 30, size=(64, 64), lr=2e-3)  # stride 32: a 2x2 grid holds the four quadrants
+    assert last < 0.25 * first, (first, last)
