@@ -253,18 +253,6 @@ class _MultiScaleTaskPaths(nn.Module):
         return per_task, {f"scale_{s}": aux[f"scale_{s}"] for s in range(4)}
 
 
-class _TaskFusion(nn.Module):
-    """Per-task cross-scale fusion: upsample the 4 scale features to scale 0, concat, Conv1x1 + BN + ReLU."""
-
-    def __init__(self, channels: Sequence[int]) -> None:
-        super().__init__()
-        self.fusion = ScaleFusion(channels)
-        self.out_channels = self.fusion.out_channels
-
-    def forward(self, feats: Sequence[Tensor]) -> Tensor:
-        return self.fusion(feats)
-
-
 @register_model("mtinet")
 class MTINet(_CNNFamily):
     """MTI-Net (Vandenhende et al., ECCV 2020) as in CTAL's tables: per-scale task predictions with FPMs,
@@ -294,7 +282,7 @@ class MTINet(_CNNFamily):
         self.paths = _MultiScaleTaskPaths(self.tasks, channels, self.out_channels, fpm_grouping)
         self.distill = nn.ModuleList(SpatialAttentionDistillation(len(self.tasks), c) for c in channels)
         self.heads = nn.ModuleDict(
-            {t: nn.Sequential(_TaskFusion(channels), nn.Conv2d(sum(channels), self.out_channels[t], 1)) for t in tasks}
+            {t: nn.Sequential(ScaleFusion(channels), nn.Conv2d(sum(channels), self.out_channels[t], 1)) for t in tasks}
         )
 
     def criterion_defaults(self) -> dict[str, Any]:
@@ -346,7 +334,7 @@ class CTALMSNet(_CNNFamily):
         super().__init__(tasks, num_classes, encoder, pretrained, encoder_kwargs, input_size, level_channels)
         channels = self.backbone.channels
         self.paths = _MultiScaleTaskPaths(self.tasks, channels, self.out_channels, fpm_grouping)
-        self.fusion = nn.ModuleDict({t: _TaskFusion(channels) for t in self.tasks})
+        self.fusion = nn.ModuleDict({t: ScaleFusion(channels) for t in self.tasks})  # per task
         self.ctal = CTALBlock(
             len(self.tasks), sum(channels), _grid(self.input_size, 4), ctal_channels, gconv, impl, gamma,
             gamma_learnable, grid_setting=INPUT_SIZE_SETTING,
