@@ -11,7 +11,8 @@ statistics), backward, optimiser step and ``on_train_batch_end`` (FAMO's post-st
 ``on_train_epoch_end`` every ``--epoch-steps`` steps. Every method starts from the same initial model
 (seed 0) and sees the same batches. Methods are timed in interleaved rounds (one step of each per
 round) and the reported ratio is the median over rounds of (method step time / EW step time in the
-same round), which cancels most of the drift of a shared machine. Prints a Markdown table.
+same round), which cancels most of the drift of a shared machine. A second table gives each method's
+own per-step work on scalar losses (no model), which is what it adds to EW's step. Prints Markdown.
 """
 
 from __future__ import annotations
@@ -107,6 +108,28 @@ def bench(num_tasks: int, methods, size, batch: int, steps: int, warmup: int, ep
     }
 
 
+def weighting_overhead_us(method: str, tasks, family: str, reps: int) -> float:
+    """Median µs of the method's own per-step work on scalar losses: objective + its backward to the
+    losses, statistics, accumulation and ``on_step_end`` (no model), i.e. what it adds to a step."""
+    from densemtl.weighting import StepContext, StepEnd, build_weighting
+    from densemtl.weighting.epoch_stats import EpochAccumulator
+
+    weighting = build_weighting(method, tasks=tasks)
+    weighting.on_train_start(TrainInfo(tasks=tuple(tasks), family=family, seed=0))
+    acc = EpochAccumulator()
+    post = {t: torch.tensor(0.9) for t in tasks}
+    times = []
+    for k in range(reps):
+        main = {t: torch.tensor(1.0 + 0.1 * i, requires_grad=True) for i, t in enumerate(tasks)}
+        start = time.perf_counter()
+        objective, weights = weighting.objective(main, {}, StepContext(epoch=0, step=k + 1))
+        objective.backward()
+        acc.update({**weighting.statistics(main, {}), "loss": torch.stack([main[t].detach() for t in tasks])}, 2)
+        weighting.on_step_end(StepEnd(step_taken=True, post_losses=post))
+        times.append(time.perf_counter() - start)
+    return 1e6 * statistics.median(times)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and 2 steps")
@@ -137,6 +160,13 @@ def main(argv=None) -> None:
     for m in methods:
         r3, r5 = results[3][m], results[5][m]
         print(f"| {m} | {r3['ms']:.1f} | {r3['ratio']:.3f} | {r5['ms']:.1f} | {r5['ratio']:.3f} |")
+    reps = 20 if args.smoke else 500
+    print(f"\nThe methods' own work per step (scalar losses, no model; median of {reps}), µs:\n")
+    print("| method | T=3 µs | T=5 µs |")
+    print("|---|---|---|")
+    for m in methods:
+        us = [weighting_overhead_us(m, SETUPS[t][1], SETUPS[t][0], reps) for t in SETUPS]
+        print(f"| {m} | {us[0]:.0f} | {us[1]:.0f} |")
     if hasattr(os, "getloadavg"):
         print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
 
