@@ -74,6 +74,7 @@ def test_writer_round_trip(tmp_path):
     semseg = rng.integers(0, 19, (H, W))
     semseg[0, 0] = 255
     depth = rng.uniform(0, 1, (H, W)).astype(np.float32)
+    depth[1, 1] = 90.0  # outdoor: no 20 m indoor plausibility bound
     write_cityscapes_sample(tmp_path, "val", 0, image, semseg, depth)
     s = Cityscapes(tmp_path, "val").load(0)
     np.testing.assert_array_equal(s["image"].permute(1, 2, 0).numpy(), image)

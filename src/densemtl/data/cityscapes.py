@@ -71,6 +71,7 @@ class Cityscapes(NYUv2_13):
     available_tasks: ClassVar[tuple[str, ...]] = ("semseg", "depth")
     classes: ClassVar[dict[str, tuple[str, ...]]] = {"semseg": CITYSCAPES19_CLASSES}
     folders: ClassVar[dict[str, str]] = {"image": "image", "semseg": "label_19", "depth": "depth"}
+    max_depth: ClassVar[float | None] = None  # depth as distributed (not Kinect metres): no plausibility bound
     layout: ClassVar[str] = (
         "  <root>/{train,val}/image/<i>.npy      float (H, W, 3) in [0, 1], i = 0..N-1\n"
         "  <root>/{train,val}/label_19/<i>.npy   (H, W) 0..18, -1 = ignore (label_7: 0..6 with num_classes=7)\n"
