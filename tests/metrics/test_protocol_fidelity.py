@@ -198,3 +198,20 @@ def test_edge_odsf_without_a_tolerance_is_an_error():
     with pytest.raises(ValueError, match="no edge odsF settings for dataset family 'cityscapes'"):
         build_task_metrics("edge", family="cityscapes")
     assert MultiTaskMetrics(["edge"], options={"edge": {"odsf": False}}).metrics["edge"] is not None
+
+
+@pytest.mark.parametrize("valid", ["nonzero", "range", "mtcp_reference"])
+def test_non_finite_gt_pixels_are_never_valid(valid):
+    """NaN, +inf and -inf GT pixels count as invalid under every rule: the sums equal those of the frame
+    without them (the CPU path checks finiteness after gathering the valid pixels)."""
+    rng = np.random.default_rng(5)
+    gt = torch.from_numpy(rng.uniform(0.5, 6.0, (1, 1, 40, 50))).float()
+    pred = gt + torch.from_numpy(rng.normal(0, 0.3, gt.shape)).float()
+    bad = gt.clone()
+    bad[0, 0, 3, 4], bad[0, 0, 10, 11], bad[0, 0, 20, 30] = float("nan"), float("inf"), float("-inf")
+    clean = gt.clone()
+    clean[0, 0, 3, 4] = clean[0, 0, 10, 11] = clean[0, 0, 20, 30] = 0.0 if valid != "range" else -1.0
+    a, b = DepthMetrics(valid=valid), DepthMetrics(valid=valid)
+    a.update(pred, bad)
+    b.update(pred, clean)
+    assert {k: float(v) for k, v in a.compute().items()} == {k: float(v) for k, v in b.compute().items()}

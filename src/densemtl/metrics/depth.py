@@ -80,16 +80,31 @@ def depth_statistics(pred: Tensor, target: Tensor, valid: str = "nonzero", clamp
         raise ValueError(f"depth prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     if clamp not in DEPTH_CLAMP:
         raise ValueError(f"depth clamp must be one of {DEPTH_CLAMP}, got {clamp!r}")
-    mask = depth_valid_mask(target, valid)
     # the valid pixels only, gathered once (masked_select is several times faster than boolean indexing),
     # then processed in chunks: float64 temporaries of a whole frame cost more in page faults than in
     # arithmetic on CPU, chunks stay in cache (and the sums are as exact)
-    preds, targets = pred.masked_select(mask), target.masked_select(mask)
-    step = _CHUNK if pred.device.type == "cpu" else max(preds.numel(), 1)  # one pass on accelerators
+    cpu = pred.device.type == "cpu"
+    mask = _valid_mask_unchecked(target, valid) if cpu else depth_valid_mask(target, valid)
+    targets = target.masked_select(mask)
+    if cpu and not bool(torch.isfinite(targets.sum())):  # a non-finite GT value: the full rule (rare)
+        mask = depth_valid_mask(target, valid)
+        targets = target.masked_select(mask)
+    preds = pred.masked_select(mask)
+    step = _CHUNK if cpu else max(preds.numel(), 1)  # one pass on accelerators
     parts = [_chunk_sums(preds[i : i + step], targets[i : i + step], clamp) for i in range(0, preds.numel(), step)]
     sums = torch.stack(parts).sum(0) if parts else pred.new_zeros(len(_SUMS) - 1, dtype=torch.float64)
     n = torch.tensor([float(preds.numel())], dtype=torch.float64, device=sums.device)
     return torch.cat([n, sums])
+
+
+def _valid_mask_unchecked(target: Tensor, valid: str) -> Tensor:
+    """:func:`depth_valid_mask` without its finiteness test where the comparisons do not already exclude
+    NaN and inf; the caller checks the selected values (a finite sum means every value is finite)."""
+    if valid == "nonzero":
+        return target != 0
+    if valid == "mtcp_reference":
+        return (target != 0) & (target < MTCP_DEPTH_CAP)
+    return depth_valid_mask(target, valid)  # range: 0 < gt < 80 excludes NaN and inf by itself
 
 
 _CHUNK = 32768
