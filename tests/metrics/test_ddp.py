@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import socket
-import time
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from densemtl.metrics.collection import MultiTaskMetrics
@@ -52,36 +46,12 @@ def _run(protocol: str, batches) -> dict:
     return m.compute()
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        results = {p: _run(p, range(rank, NUM_BATCHES, world)) for p in ("default", "mtan")}
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump(results, f)
-    finally:
-        dist.destroy_process_group()
+def _run_share(rank: int, world: int) -> dict:
+    return {p: _run(p, range(rank, NUM_BATCHES, world)) for p in ("default", "mtan")}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
-def test_two_process_sync_equals_single_process(tmp_path):
-    # fork: the children inherit the imported modules (spawn re-imports torch per child, ~10 s on 2 cores)
-    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="fork")
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("DDP workers did not finish within 120 s")
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+def test_two_process_sync_equals_single_process(gloo_ranks):
+    ranks = gloo_ranks(_run_share, world=2, timeout=120)
     for protocol in ("default", "mtan"):
         single = _run(protocol, range(NUM_BATCHES))
         for result in ranks:

@@ -10,15 +10,9 @@ identical halves, where every rank-local loss equals the global one.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import time
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from densemtl.engine import MultiTaskModule
 from densemtl.weighting import TrainInfo
@@ -102,35 +96,12 @@ def _train(config: str, rank: int, world: int) -> dict:
     }
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        results = {config: _train(config, rank, world) for config in CONFIGS}
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump(results, f)
-    finally:
-        dist.destroy_process_group()
+def _train_all(rank: int, world: int) -> dict:
+    return {config: _train(config, rank, world) for config in CONFIGS}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
-def test_two_ranks_compute_identical_weights_equal_to_one_process(tmp_path):
-    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="fork")
-    deadline = time.monotonic() + 180
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("DDP workers did not finish within 180 s")
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+def test_two_ranks_compute_identical_weights_equal_to_one_process(gloo_ranks):
+    ranks = gloo_ranks(_train_all, world=2, timeout=180)
     for config in CONFIGS:
         r0, r1 = ranks[0][config], ranks[1][config]
         assert r0 == r1, config  # bitwise identical weights and weighting state on both ranks
