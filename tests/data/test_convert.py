@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -261,8 +262,28 @@ def test_convert_errors(tmp_path: Path, meta: dict[str, Path], shared_data: Path
     (tmp_path / "full" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match=r"full is not empty"):
         convert_nyud_mat(good, out=tmp_path / "full", **args)
-    convert_nyud_mat(good, out=tmp_path / "full", **args, overwrite=True)
-    assert not (tmp_path / "full" / "keep.txt").exists() and (tmp_path / "full" / "gt_sets").is_dir()
+    with pytest.raises(FileExistsError, match=r"full was not written by densemtl"):  # a user's folder: never deleted
+        convert_nyud_mat(good, out=tmp_path / "full", **args, overwrite=True)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "x"
+
+
+def test_convert_overwrite_replaces_only_its_own_folder_and_only_after_reading_the_input(
+    tmp_path: Path, meta: dict[str, Path]
+) -> None:
+    args = {"class_mapping": meta["mapping"], "splits": meta["splits"]}
+    good = tmp_path / "good.mat"
+    _write_fake_mat(good, None)
+    out = convert_nyud_mat(good, out=tmp_path / "NYUDv2", **args, frames=[2])
+    assert json.loads((out / "densemtl.json").read_text())["written_by"] == "densemtl"
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    bad = tmp_path / "bad.mat"
+    bad.write_bytes(b"not a MATLAB file")
+    with pytest.raises(ValueError, match=r"cannot read .*bad\.mat"):
+        convert_nyud_mat(bad, out=out, **args, overwrite=True)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # the converted folder is intact
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    convert_nyud_mat(good, out=out, **args, overwrite=True)  # its own folder: replaced
+    assert (out / "gt_sets" / "train.txt").read_text().split() == ["0001", "0003"]
 
 
 def test_nyu_intrinsics_constant() -> None:

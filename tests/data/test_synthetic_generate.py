@@ -172,3 +172,20 @@ def test_png_level_is_lossless_and_checked(tmp_path):
         write_nyud_sample(tmp_path / "bad", "a", image, png_level=10)
     with pytest.raises(ValueError, match="png_level"):
         write_normals(tmp_path / "bad", "a", image, png_level=-1)
+
+
+def test_overwrite_replaces_only_a_generated_dataset(tmp_path):
+    """`generate --overwrite` never deletes a folder densemtl did not write; it replaces one it wrote."""
+    user = tmp_path / "photos"
+    user.mkdir()
+    (user / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="not written by densemtl"):
+        generate_synth_nyud(user, train=1, val=0, size=(16, 16), overwrite=True)
+    assert (user / "holiday.jpg").read_bytes() == b"precious"
+    assert sorted(p.name for p in user.iterdir()) == ["holiday.jpg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # no temporary folder left behind
+
+    ours = generate_synth_nyud(tmp_path / "d", train=1, val=0, size=(16, 16))
+    generate_synth_nyud(ours, train=2, val=0, size=(16, 16), overwrite=True)
+    assert len((ours / "gt_sets" / "train.txt").read_text().split()) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "photos"]

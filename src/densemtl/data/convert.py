@@ -15,7 +15,6 @@ towards the camera (``n . (X, Y, Z) < 0``): a wall facing the camera is ``(0, 0,
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from densemtl.data.nyud import NYU40_CLASSES, atomic_write, write_nyud_sample, write_split
+from densemtl.data.owned import build_folder, write_owner_marker
 from densemtl.tasks import IGNORE_INDEX
 
 __all__ = [
@@ -309,7 +309,9 @@ def convert_nyud_mat(
 
     Args:
         mat_path: ``nyu_depth_v2_labeled.mat``.
-        out: output folder (the ``NYUDv2/`` root); must be empty or absent unless ``overwrite``.
+        out: output folder (the ``NYUDv2/`` root); must be empty or absent unless ``overwrite``. It is written
+            into a temporary sibling folder and renamed into place when complete, with a ``densemtl.json``
+            marker (:mod:`densemtl.data.owned`).
         class_mapping: ``classMapping40.mat`` (``mapClass``, ``allClassName``).
         splits: ``splits.mat`` (``trainNdxs``, ``testNdxs``, 1-based).
         crop: optional ``(top, left, height, width)`` crop of every frame, in pixels, applied after the
@@ -318,7 +320,9 @@ def convert_nyud_mat(
             files then list only these.
         normals_step: finite-difference half-width for the derived normals, pixels (3 tames the depth noise:
             on real NYU frames it lifts floor pixels within 30 degrees of vertical from about 60 % to 77 %).
-        overwrite: replace the contents of a non-empty ``out``.
+        overwrite: replace a non-empty ``out`` that densemtl wrote (it holds the marker); a folder without it is
+            never deleted. The old folder is removed only after the new one is complete, so a bad input
+            leaves it untouched.
 
     Returns:
         ``out`` as a :class:`Path`.
@@ -330,54 +334,56 @@ def convert_nyud_mat(
     split_ids = load_nyu_splits(splits)
     if not mat_path.is_file():
         raise FileNotFoundError(f"missing file {mat_path} (nyu_depth_v2_labeled.mat)")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"output folder {out} is not empty; pass overwrite=True to replace it")
-        shutil.rmtree(out)
-    try:
-        f = h5py.File(mat_path, "r")
-    except OSError as err:
-        raise ValueError(f"cannot read {mat_path} as a MATLAB v7.3 (HDF5) file: {err}") from err
-    with f:
-        n = _check_mat_arrays(f, mat_path)
-        h, w = f["images"].shape[3], f["images"].shape[2]
-        if crop is not None:
-            top, left, ch, cw = crop
-            if top < 0 or left < 0 or ch < 1 or cw < 1 or top + ch > h or left + cw > w:
-                raise ValueError(f"crop {crop} (top, left, height, width) does not fit the {h}x{w} frames")
-        wanted = sorted(set(split_ids["train"]) | set(split_ids["val"]))
-        if frames is not None:
-            unknown = sorted(set(frames) - set(wanted))
-            if unknown:
-                raise ValueError(f"frames {unknown[:5]} are in neither split of {splits}")
-            wanted = sorted(set(frames))
-        if wanted and wanted[-1] > n:
-            raise ValueError(f"{splits} refers to frame {wanted[-1]} but {mat_path} has only {n} frames")
-        lut = _raw_to_40(map_class, map_names, _h5_names(f))
-        for count, i in enumerate(wanted, 1):
-            _convert_frame(f, i, lut, out, crop, normals_step, mat_path)
-            if count % 100 == 0:
-                log.info("converted %d/%d frames", count, len(wanted))
-    chosen = set(wanted)
-    for split, ids in split_ids.items():
-        write_split(out, split, [f"{i:04d}" for i in ids if i in chosen])
-    resolution = f"{h}x{w} full frames" if crop is None else f"{crop[2]}x{crop[3]}, crop (top, left) = {crop[:2]}"
-    readme = _README.format(
-        mat=mat_path.name,
-        splits=Path(splits).name,
-        mapping=Path(class_mapping).name,
-        n_train=sum(i in chosen for i in split_ids["train"]),
-        n_val=sum(i in chosen for i in split_ids["val"]),
-        resolution=resolution,
-        normals_note=(
-            "RGB uint8, n = 2v/255 - 1. **Derived** from the depth (the .mat has no normals) with the NYU colour "
-            "intrinsics fx=518.86, fy=519.47, cx=325.58, cy=253.74 on the full frame, by finite differences "
-            f"(half-width {normals_step} px), camera frame x right / y down / z forward, pointing towards the "
-            "camera; invalid pixels are stored as the zero vector (decodes to about 0.004)"
-        ),
-    )
-    atomic_write(out / "README.md", lambda fh: fh.write(readme.encode()))
-    return out
+
+    def build(folder: Path) -> None:
+        try:
+            f = h5py.File(mat_path, "r")
+        except OSError as err:
+            raise ValueError(f"cannot read {mat_path} as a MATLAB v7.3 (HDF5) file: {err}") from err
+        with f:
+            n = _check_mat_arrays(f, mat_path)
+            h, w = f["images"].shape[3], f["images"].shape[2]
+            if crop is not None:
+                top, left, ch, cw = crop
+                if top < 0 or left < 0 or ch < 1 or cw < 1 or top + ch > h or left + cw > w:
+                    raise ValueError(f"crop {crop} (top, left, height, width) does not fit the {h}x{w} frames")
+            wanted = sorted(set(split_ids["train"]) | set(split_ids["val"]))
+            if frames is not None:
+                unknown = sorted(set(frames) - set(wanted))
+                if unknown:
+                    raise ValueError(f"frames {unknown[:5]} are in neither split of {splits}")
+                wanted = sorted(set(frames))
+            if wanted and wanted[-1] > n:
+                raise ValueError(f"{splits} refers to frame {wanted[-1]} but {mat_path} has only {n} frames")
+            lut = _raw_to_40(map_class, map_names, _h5_names(f))
+            for count, i in enumerate(wanted, 1):
+                _convert_frame(f, i, lut, folder, crop, normals_step, mat_path)
+                if count % 100 == 0:
+                    log.info("converted %d/%d frames", count, len(wanted))
+        chosen = set(wanted)
+        for split, ids in split_ids.items():
+            write_split(folder, split, [f"{i:04d}" for i in ids if i in chosen])
+        resolution = f"{h}x{w} full frames" if crop is None else f"{crop[2]}x{crop[3]}, crop (top, left) = {crop[:2]}"
+        readme = _README.format(
+            mat=mat_path.name,
+            splits=Path(splits).name,
+            mapping=Path(class_mapping).name,
+            n_train=sum(i in chosen for i in split_ids["train"]),
+            n_val=sum(i in chosen for i in split_ids["val"]),
+            resolution=resolution,
+            normals_note=(
+                "RGB uint8, n = 2v/255 - 1. **Derived** from the depth (the .mat has no normals) with the NYU colour "
+                "intrinsics fx=518.86, fy=519.47, cx=325.58, cy=253.74 on the full frame, by finite differences "
+                f"(half-width {normals_step} px), camera frame x right / y down / z forward, pointing towards the "
+                "camera; invalid pixels are stored as the zero vector (decodes to about 0.004)"
+            ),
+        )
+        atomic_write(folder / "README.md", lambda fh: fh.write(readme.encode()))
+
+    def mark(folder: Path) -> None:
+        write_owner_marker(folder, "convert nyud-mat", {"mat": str(mat_path), "crop": crop, "frames": frames})
+
+    return build_folder(out, build, mark, overwrite=overwrite)
 
 
 def _convert_frame(

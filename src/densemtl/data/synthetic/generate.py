@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from densemtl.data.owned import build_folder
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -179,33 +179,18 @@ def atomic_dataset(
         dataset: dataset name for the marker (``synth-nyud``, ``synth-pascal``).
         arguments: generator arguments recorded in the marker (JSON-serialisable).
         build: writes the dataset into the folder it is given.
-        overwrite: replace an existing ``out``; otherwise an existing non-empty ``out`` raises.
+        overwrite: replace an existing ``out`` that densemtl wrote (it holds a marker,
+            :func:`densemtl.data.owned.is_densemtl_folder`); any other non-empty ``out`` raises, and the old
+            folder is removed only once the new one is complete (:func:`densemtl.data.owned.build_folder`).
 
     Returns:
         ``out`` as a Path.
     """
-    out = Path(out)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"output folder {out} already exists and is not empty; pass overwrite=True to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        build(tmp)
-        (tmp / MARKER).write_text(_marker_text(dataset, arguments))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    def mark(folder: Path) -> None:
+        (folder / MARKER).write_text(_marker_text(dataset, arguments))
+
+    return build_folder(out, build, mark, overwrite=overwrite)
 
 
 def json_arguments(**kwargs: Any) -> dict[str, Any]:
