@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from densemtl.callbacks import PredictionImageWriter
+from densemtl.config_checks import check_config
 from densemtl.data.datamodule import MultiTaskDataModule
 from densemtl.engine import MultiTaskModule
 
@@ -45,6 +46,10 @@ class DenseMTLCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PredictionImageWriter, "predict_writer")
+
+    def before_instantiate_classes(self) -> None:
+        """Reject impossible settings (lr, checkpoint.monitor, weighting_args) before anything is built."""
+        check_config(self.config.get(self.subcommand) if self.subcommand else self.config)
 
 
 def _extra_commands() -> dict[str, Callable[[Sequence[str]], Any]]:
