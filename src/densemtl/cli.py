@@ -6,8 +6,9 @@
   given once.
 * ``densemtl generate synth-nyud|synth-pascal --out DIR ...``: write a synthetic dataset.
 * ``densemtl convert nyud-mat nyu_depth_v2_labeled.mat --out DIR ...``: convert the official NYU file.
-* ``densemtl verify-dataset ROOT [--json true]``: detect the on-disk layout of a dataset and check it; exit
-  status 1 when a split cannot be read (:mod:`densemtl.data.verify`).
+* ``densemtl verify-dataset ROOT [--json true] [--quick true] [--strict true] [--report FILE]``: detect the
+  on-disk layout of a dataset and decode every sample; exit status 1 when a problem is found
+  (:mod:`densemtl.data.verify`).
 * ``densemtl demo``: generate, train, test and predict on the synthetic dataset.
 """
 
@@ -81,19 +82,42 @@ def _run_convert(args: Sequence[str]) -> Any:
 def _run_verify(args: Sequence[str]) -> Any:
     from jsonargparse import CLI
 
-    from densemtl.data.verify import verify
+    from densemtl.data.base import DatasetNotFoundError
+    from densemtl.data.verify import DatasetReport, verify
+    from densemtl.io import atomic_write_text
 
-    def verify_dataset(root: str, json: bool = False) -> Any:
-        """Detect the layout of the dataset at ``root`` (NYUD-v2 variants, mtan Cityscapes) and check it.
+    def verify_dataset(
+        root: str,
+        json: bool = False,
+        quick: bool = False,
+        strict: bool = False,
+        report: str | None = None,
+        workers: int = 0,
+        progress: bool = True,
+    ) -> Any:
+        """Detect the layout of the dataset at ``root`` (synthetic, NYUD-v2 variants, PASCAL-Context, mtan
+        Cityscapes) and check it: every file, every sample decoded, counts and sizes. Exit status 1 when a
+        problem is found.
 
         Args:
             root: the dataset folder.
             json: print the report as JSON (fields: root, dataset, description, splits, notes, errors,
-                warnings, ok) instead of text.
+                warnings, quick, strict, ok) instead of text.
+            quick: decode only the first sample of each split (every file is still checked to exist).
+            strict: warnings (counts or sizes that differ from the release) also make the exit status 1.
+            report: also write the JSON report to this file.
+            workers: processes that decode samples (0: this process).
+            progress: show a progress bar on stderr.
         """
-        report = verify(root)
-        print(_json.dumps(report.to_dict(), indent=2) if json else report)
-        return report
+        try:
+            result = verify(root, quick=quick, progress=progress, workers=workers)
+        except DatasetNotFoundError as err:  # still a report (and exit status 1), not a traceback
+            result = DatasetReport(root=root, dataset="", description="no known dataset layout", errors=[str(err)])
+        result.strict = strict
+        if report is not None:
+            atomic_write_text(report, _json.dumps(result.to_dict(), indent=2) + "\n")
+        print(_json.dumps(result.to_dict(), indent=2) if json else result)
+        return result
 
     return CLI(verify_dataset, args=list(args))
 

@@ -525,7 +525,16 @@ def test_detect_and_verify_each_variant(tmp_path: Path) -> None:
     assert "NOT comparable with the 40-class" in str(verify_dataset(tmp_path / "mtan"))
     data = verify_dataset(tmp_path / "atrc").to_dict()
     assert data["ok"] and data["dataset"] == "nyud" and data["errors"] == []
-    assert data["splits"][0] == {"split": "train", "samples": 2, "expected": 795, "image_size": [6, 8], "error": None}
+    assert data["splits"][0] == {
+        "split": "train",
+        "samples": 2,
+        "expected": 795,
+        "image_size": [6, 8],
+        "error": None,
+        "checked": 2,
+        "failed": 0,
+        "sizes": None,
+    }
     assert "the standard split has 654" in " ".join(data["warnings"])
 
     (tmp_path / "atrc" / "edge" / "c.png").unlink()

@@ -84,3 +84,18 @@ def test_nyud_reader_uses_the_strict_split_reader(tmp_path):
     (tmp_path / "gt_sets" / "train.txt").write_text("x\nx\n")
     with pytest.raises(ValueError, match="more than once"):
         NYUD(tmp_path, "train")
+
+
+def test_pascal_reader_refuses_sixteen_bit_images_and_saliency(tmp_path):
+    from densemtl.data.pascal import PascalContext
+    from densemtl.data.synthetic import generate_synth_pascal
+
+    root = generate_synth_pascal(tmp_path / "PASCAL_MT", train=1, val=1, size=(16, 16))
+    name = (root / "ImageSets" / "Context" / "train.txt").read_text().split()[0]
+    Image.fromarray(np.full((16, 16), 40000, np.uint16)).save(root / "sal_distill" / f"{name}.png")
+    reader = PascalContext(root, "train", tasks=["sal"], cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match=rf"saliency file .*{name}\.png has Pillow mode I;16"):
+        reader.load(0)  # was: every pixel saturated to 255, i.e. all salient
+    Image.fromarray(np.full((16, 16), 40000, np.uint16)).save(root / "JPEGImages" / f"{name}.jpg", format="PNG")
+    with pytest.raises(ValueError, match=rf"{name}\.jpg has 16-bit integer pixels"):
+        reader.load(0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -137,8 +137,9 @@ def is_cityscapes_root(root: str | Path) -> bool:
     return any((root / s / f).is_dir() for s in ("train", "val") for f in ("label_19", "label_7"))
 
 
-def verify_cityscapes(root: str | Path) -> DatasetReport:
-    """Check a mtan-layout Cityscapes folder: every file of every split, sizes and split counts.
+def verify_cityscapes(root: str | Path, **options: Any) -> DatasetReport:
+    """Check a mtan-layout Cityscapes folder: every file of every split, sizes and split counts (``options``:
+    those of :func:`~densemtl.data.verify.check_splits`, e.g. ``quick``).
 
     Returns:
         A :class:`~densemtl.data.verify.DatasetReport` (``str()``: the text report, problems on lines
@@ -150,7 +151,9 @@ def verify_cityscapes(root: str | Path) -> DatasetReport:
     root = Path(root)
     if not is_cityscapes_root(root):
         raise DatasetNotFoundError(f"root={root} is not a mtan Cityscapes folder: expected {{train,val}}/label_19/")
-    splits, errors, warnings = check_splits(lambda split: Cityscapes(root, split), _EXPECTED_COUNTS, CITYSCAPES_SIZE)
+    splits, errors, warnings = check_splits(
+        lambda split: Cityscapes(root, split), _EXPECTED_COUNTS, CITYSCAPES_SIZE, **options
+    )
     return DatasetReport(
         root=str(root),
         dataset="cityscapes",
@@ -159,4 +162,5 @@ def verify_cityscapes(root: str | Path) -> DatasetReport:
         notes=["19-class semseg (label_19) and depth as distributed; val is the official 500-image split"],
         errors=errors,
         warnings=warnings,
+        quick=bool(options.get("quick", False)),
     )

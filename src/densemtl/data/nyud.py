@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -729,7 +729,7 @@ def detect_nyud_variant(root: str | Path) -> str | None:
     return None
 
 
-def verify_dataset(root: str | Path) -> DatasetReport:
+def verify_dataset(root: str | Path, **options: Any) -> DatasetReport:
     """Check a NYUD-v2 folder and report its variant, counts and protocol consequences (spec §2.7).
 
     Finds the variant from file types and the image size (425x560 png: ATRC; 480x640 jpg: MTI-Net;
@@ -738,6 +738,7 @@ def verify_dataset(root: str | Path) -> DatasetReport:
 
     Args:
         root: the dataset folder.
+        **options: options of :func:`~densemtl.data.verify.check_splits` (``quick``, ``progress``, ``workers``).
 
     Returns:
         A :class:`~densemtl.data.verify.DatasetReport` (``str()``: the text report, problems on lines
@@ -755,7 +756,7 @@ def verify_dataset(root: str | Path) -> DatasetReport:
         )
     cls = DATASETS.get(variant)
     facts = _VARIANT_FACTS[variant]
-    splits, errors, warnings = check_splits(lambda split: cls(root, split), _EXPECTED_COUNTS, facts["size"])
+    splits, errors, warnings = check_splits(lambda split: cls(root, split), _EXPECTED_COUNTS, facts["size"], **options)
     notes = ["val is the official 654-image test split; every lineage selects models on it (§2.5)"]
     return DatasetReport(
         root=str(root),
@@ -765,4 +766,5 @@ def verify_dataset(root: str | Path) -> DatasetReport:
         notes=notes + list(facts["consequences"]),
         errors=errors,
         warnings=warnings,
+        quick=bool(options.get("quick", False)),
     )

@@ -44,7 +44,7 @@ from scipy import ndimage
 from skimage.morphology import thin
 
 from densemtl.data.base import DatasetNotFoundError, MultiTaskDataset, Sample, register_dataset
-from densemtl.data.imageio import open_image
+from densemtl.data.imageio import open_image, read_rgb
 from densemtl.data.pascal_classes import NYU_COMPATIBLE_CONTEXT_IDS
 from densemtl.data.splits import check_disjoint_splits, read_split_ids
 from densemtl.io import atomic_write, save_jpg, save_png
@@ -79,6 +79,9 @@ __all__ = [
     "write_saliency",
     "write_split",
 ]
+
+_EIGHT_BIT_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
+"""Pillow modes with at most 8 bits per channel."""
 
 SPLIT_DIR = "ImageSets/Context"
 IMAGE_DIR = "JPEGImages"
@@ -659,9 +662,7 @@ class PascalContext(MultiTaskDataset):
         return array
 
     def _load_image(self, name: str) -> np.ndarray:
-        path = self._file("image", name)
-        image = open_image(path, "image")
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return read_rgb(self._file("image", name), "image")  # refuses 16-bit pixels instead of saturating them
 
     def _load_semseg(self, name: str, size: tuple[int, int]) -> torch.Tensor:
         path = self._semseg_file(name)
@@ -690,6 +691,10 @@ class PascalContext(MultiTaskDataset):
     def _load_sal(self, name: str, size: tuple[int, int]) -> torch.Tensor:
         path = self._file("sal", name)
         image = open_image(path, "saliency")
+        if image.mode not in _EIGHT_BIT_MODES:  # convert("L") would saturate 16-bit or float values
+            raise ValueError(
+                f"saliency file {path} has Pillow mode {image.mode}; expected an 8-bit grey (or RGB) PNG"
+            )
         sal = self._checked(np.asarray(image if image.mode == "L" else image.convert("L")), size, path)
         return torch.from_numpy(saliency_from_png(sal))
 
