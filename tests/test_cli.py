@@ -147,3 +147,34 @@ def test_verify_dataset_json_report_and_exit_status(tmp_path, capsys):
     assert main(["verify-dataset", str(tmp_path), "--json", "true"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is False and "depth/c.npy" in report["errors"][0]
+
+
+def test_predict_on_a_users_folder_with_the_runs_config(demo_run, tmp_path, capsys):
+    """Any size (the demo pads to 48x64 and never resizes), distinct names, unreadable files listed, output
+    where --trainer.default_root_dir says; --data.predict_strict stops on an unreadable file."""
+    out, _ = demo_run
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(photos / "photo.png")
+    Image.fromarray(rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)).save(photos / "photo.jpg")  # > pad size
+    (photos / "album.jpg").mkdir()
+    (photos / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    best = next((out / "fit" / "checkpoints").glob("best-*.ckpt"))
+    args = [
+        "predict",
+        f"--config={out / 'fit' / 'config.yaml'}",
+        f"--ckpt_path={best}",
+        f"--data.predict_dir={photos}",
+        f"--trainer.default_root_dir={tmp_path / 'mine'}",
+    ]
+    assert main(args) == 0
+    pred_dir = tmp_path / "mine" / "predictions"
+    for name, size in (("photo.png", (50, 40)), ("photo.jpg", (200, 120))):
+        for task in ("semseg", "depth", "normals", "edge"):
+            with Image.open(pred_dir / task / f"{name}.png") as im:
+                assert im.size == size
+    assert "corrupt.jpg" in (pred_dir / "skipped.txt").read_text()
+    assert not (out / "fit" / "predictions").exists()  # nothing written into the training run
+    with pytest.raises(ValueError, match=r"1 file\(s\) cannot be read:\n.*corrupt\.jpg"):
+        main([*args, "--data.predict_strict=true"])

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import Tensor
 
 from densemtl.data.transforms import restore_predictions
-from densemtl.io import save_png
+from densemtl.io import atomic_write_text, save_png
 from densemtl.tasks import get_task
 from densemtl.viz import colorize, tile_row, to_display
 
@@ -41,7 +41,9 @@ class PredictionImageWriter(BasePredictionWriter):
     edge and saliency are written as σ(logit)·255 grey PNGs (the format the SEISM evaluation reads).
 
     Args:
-        output_dir: folder for the pictures; default ``<trainer.log_dir>/predictions``.
+        output_dir: folder for the pictures; default ``<trainer.log_dir>/predictions`` when the logger writes
+            under ``trainer.default_root_dir``, else ``<trainer.default_root_dir>/predictions``. Files of a
+            prediction folder that could not be read are listed in ``skipped.txt`` there.
         overview: also write the overview grid (image + every task).
         save_raw: also write ``<out>/<task>/<name>.npy`` with the raw prediction at the original size.
     """
@@ -54,9 +56,24 @@ class PredictionImageWriter(BasePredictionWriter):
         self.written: list[Path] = []
 
     def _out(self, trainer: Trainer) -> Path:
+        """``output_dir``; else ``<log_dir>/predictions`` when the logger writes under ``default_root_dir``;
+        else ``<default_root_dir>/predictions`` (a run's config names its own logger folder: predictions made
+        with it go where ``--trainer.default_root_dir`` says, not into the training run)."""
         if self.output_dir:
             return Path(self.output_dir)
-        return Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+        root = Path(trainer.default_root_dir)
+        log_dir = Path(trainer.log_dir) if trainer.log_dir else None
+        if log_dir is not None and log_dir.resolve().is_relative_to(root.resolve()):
+            return log_dir / "predictions"
+        return root / "predictions"
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """List the files of the prediction folder that could not be read in ``<out>/skipped.txt``."""
+        datasets = getattr(getattr(trainer, "datamodule", None), "datasets", None) or {}
+        skipped = getattr(datasets.get("predict"), "skipped", None)
+        if skipped and trainer.is_global_zero:
+            lines = "".join(f"{path}\t{reason}\n" for path, reason in skipped)
+            atomic_write_text(self._out(trainer) / "skipped.txt", lines)
 
     def write_on_batch_end(
         self,

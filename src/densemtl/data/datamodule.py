@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from densemtl.data.base import DATASETS, MultiTaskDataset, Sample
+from densemtl.data.image_folder import IMAGE_SUFFIXES, ImageFolder, predict_pipeline
 from densemtl.data.recycling import RecyclingCollate, release_batch
 from densemtl.data.transforms import (
     PRESETS,
@@ -45,9 +45,6 @@ from densemtl.data.transforms import (
 from densemtl.tasks import TASKS, check_tasks
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolder", "MultiTaskDataModule", "collate", "keep_freed_memory", "seed_worker"]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-
 
 def collate(batch: list[Sample], out: dict[str, torch.Tensor] | None = None) -> Sample:
     """Stack the tensors of a list of samples; ``meta`` becomes a list of dicts.
@@ -130,37 +127,6 @@ def seed_worker(worker_id: int, rank: int = 0) -> None:
         transform.reseed(seed)
 
 
-class ImageFolder(Dataset):
-    """Images of a folder (``*.png``, ``*.jpg``, ``*.jpeg``, ``*.bmp``, sorted) as image-only samples.
-
-    Args:
-        root: the folder.
-        transform: applied to each sample ``{"image": uint8 (3, H, W), "meta": {name, size}}``.
-    """
-
-    def __init__(self, root: str | Path, transform: Any = None) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"predict_dir {self.root} is not a folder")
-        self.files = sorted(p for p in self.root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.files:
-            raise FileNotFoundError(f"predict_dir {self.root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> Sample:
-        path = self.files[index]
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-        sample: Sample = {
-            "image": torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))),
-            "meta": {"name": path.stem, "size": tuple(arr.shape[:2]), "path": str(path)},
-        }
-        return self.transform(sample) if self.transform is not None else sample
-
-
 _PREFETCH = 2  # batches prefetched per worker (PyTorch's default)
 _LOADER_IDS = {"train": 0, "val": 1, "test": 2, "predict": 3}
 
@@ -196,7 +162,9 @@ class MultiTaskDataModule(LightningDataModule):
         train_split: split used for training.
         val_split: split used for validation.
         test_split: split used for testing (default ``val_split``; the NYUD/PASCAL "val" is the test set).
-        predict_dir: folder of images to predict on; None: predict on ``test_split``.
+        predict_dir: folder of images to predict on (any size: :mod:`densemtl.data.image_folder`); None:
+            predict on ``test_split``.
+        predict_strict: stop on an unreadable file in ``predict_dir`` instead of skipping and listing it.
         seed: seed of the training shuffle and augmentation (None: from the global seed, ``seed_everything``).
         generate: keyword arguments of the synthetic generator (synthetic datasets only).
         cache_dir: cache folder handed to readers that take one (e.g. PASCAL's part-category cache).
@@ -228,6 +196,7 @@ class MultiTaskDataModule(LightningDataModule):
         val_split: str = "val",
         test_split: str | None = None,
         predict_dir: str | None = None,
+        predict_strict: bool = False,
         seed: int | None = None,
         generate: dict[str, Any] | None = None,
         cache_dir: str | None = None,
@@ -264,6 +233,7 @@ class MultiTaskDataModule(LightningDataModule):
         self.mean, self.std = resolve_normalization(preset, normalization, mean, std)
         self.splits = {"train": train_split, "val": val_split, "test": test_split or val_split}
         self.predict_dir = Path(predict_dir) if predict_dir is not None else None
+        self.predict_strict = bool(predict_strict)
         self.seed = seed
         self.generate = dict(generate or {})
         self.cache_dir = cache_dir
@@ -380,7 +350,8 @@ class MultiTaskDataModule(LightningDataModule):
             if name in self.datasets:
                 continue
             if name == "predict" and self.predict_dir is not None:
-                self.datasets[name] = ImageFolder(self.predict_dir, self._dataset_transform("predict"))
+                pipeline = predict_pipeline(self._dataset_transform("predict"), self.test_size)
+                self.datasets[name] = ImageFolder(self.predict_dir, pipeline, strict=self.predict_strict)
             else:
                 split = self.splits["test" if name == "predict" else name]
                 self.datasets[name] = self._reader(split, self._dataset_transform(name), loader=True)
