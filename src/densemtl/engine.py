@@ -26,7 +26,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from densemtl.guards import skip_nonfinite_losses
 from densemtl.losses import MultiTaskCriterion
+from densemtl.metrics.coherence import build_coherence, finish_coherence
 from densemtl.metrics.collection import MultiTaskMetrics
 from densemtl.metrics.delta_m import compute_delta_m
 from densemtl.models import MODELS, MultiTaskModel
@@ -36,6 +38,7 @@ from densemtl.viz import grid, to_display
 from densemtl.weighting import Kind, StepContext, TrainInfo, Weighting, build_weighting
 from densemtl.weighting.base import EpochStats, StepEnd, task_objective_terms
 from densemtl.weighting.epoch_stats import EpochAccumulator, reduce_mean
+from densemtl.weighting.gradients import GradientSpace, GradientStep, gradient_step
 from densemtl.weighting.trajectory import WeightTrajectory, save_figure
 
 __all__ = ["MultiTaskModule", "build_from_registry"]
@@ -43,6 +46,7 @@ __all__ = ["MultiTaskModule", "build_from_registry"]
 log = logging.getLogger(__name__)
 
 LOSS_KINDS = (Kind.LOSSES, Kind.LOSSES_POST_STEP)
+GRADIENT_KINDS = (Kind.GRAMIAN, Kind.TASK_GRADS)
 WEIGHTS_PNG = "weights.png"
 
 DEFAULT_VAL_METRICS_ARGS: dict[str, dict[str, Any]] = {"edge": {"odsf": False}}
@@ -97,6 +101,8 @@ class MultiTaskModule(L.LightningModule):
         delta_m_reference: STL reference table entry for Δm (e.g. ``nyud/mtcp_stl``); None picks the
             family's default if one exists.
         log_images: number of validation images logged to TensorBoard per epoch (0 disables).
+        coherence: cross-task coherence at test and predict time (:mod:`densemtl.metrics.coherence`): True
+            (defaults, wherever the task set allows), False, or options of ``CoherenceMetrics``.
     """
 
     def __init__(
@@ -121,6 +127,7 @@ class MultiTaskModule(L.LightningModule):
         val_metrics_args: dict[str, dict[str, Any]] | None = None,
         delta_m_reference: str | None = None,
         log_images: int = 4,
+        coherence: bool | dict[str, Any] = True,
     ) -> None:
         super().__init__()
         if not tasks:
@@ -146,6 +153,7 @@ class MultiTaskModule(L.LightningModule):
         self.test_metrics = MultiTaskMetrics(
             self.tasks, dict(num_classes or {}), protocol=metrics_protocol, options=metrics_args, family=family
         )
+        self.test_coherence = build_coherence(self.tasks, family, num_classes, coherence)  # None: off or n/a
         val_args = {t: dict(v) for t, v in (metrics_args or {}).items()}
         for task, options in (DEFAULT_VAL_METRICS_ARGS if val_metrics_args is None else val_metrics_args).items():
             if task in self.tasks:
@@ -168,6 +176,14 @@ class MultiTaskModule(L.LightningModule):
         self._trajectory = WeightTrajectory(self.tasks)
         self._post_step_batch: dict[str, Any] | None = None
         self._step_before = 0
+        # gradient methods (spec/weighting.md §1.3-1.8): the partition is built on the first gradient step;
+        # parameters a method updates outside the backward pass stay out of DDP's reducer (§1.7 rule 8)
+        self._gradient_space: GradientSpace | None = None
+        self.keep_gradients = False  # keep the last step's rows and Gramian in ``last_gradients`` (tests)
+        self.last_gradients: GradientStep | None = None
+        ignored = getattr(self.weighting, "ddp_ignored_parameters", ())
+        if ignored:
+            self._ddp_params_and_buffers_to_ignore = [f"weighting.{n}" for n in ignored]
 
     # ------------------------------------------------------------------ forward / training
     def forward(self, images: Tensor):  # noqa: D401 - Lightning hook
@@ -197,17 +213,26 @@ class MultiTaskModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         ctx = self._step_context()
         kind = self.weighting.needs(ctx)
-        if kind not in LOSS_KINDS:
+        if kind not in LOSS_KINDS and kind not in GRADIENT_KINDS:
             raise NotImplementedError(f"weighting kind {kind.value!r} is not supported by the engine yet")
         self._step_before = self.global_step
         output = self.model(batch["image"])
         losses = self.criterion(output, batch)
+        if skip_nonfinite_losses(self, losses):  # NaN/inf loss: no update from this batch (densemtl.guards)
+            return None
         if self.weighting.uses_loss_values:
             terms = task_objective_terms(losses.main, losses.aux, self.tasks)
             ctx.loss_values = reduce_mean(torch.stack([terms[t].detach().float() for t in self.tasks]))
-        objective, weights = self.weighting.objective(losses.main, losses.aux, ctx)
-        for term in losses.extra.values():
-            objective = objective + term
+        effective = None
+        if kind in GRADIENT_KINDS:
+            grad_step = self._gradient_step(output, losses, ctx, kind)
+            objective, weights, shown = grad_step.objective, grad_step.weights, grad_step.total
+            effective = grad_step.effective
+        else:
+            objective, weights = self.weighting.objective(losses.main, losses.aux, ctx)
+            for term in losses.extra.values():
+                objective = objective + term
+            shown = objective.detach()
         batch_size = batch["image"].shape[0]
         stats = self.weighting.statistics(losses.main, losses.aux)
         stats["loss"] = torch.stack([losses.main[t].detach().float() for t in self.tasks])
@@ -218,12 +243,35 @@ class MultiTaskModule(L.LightningModule):
         self._post_step_batch = batch if kind is Kind.LOSSES_POST_STEP else None
         logged = {f"loss/{t}": losses.main[t].detach() for t in self.tasks}
         logged.update({f"weight/{t}": torch.as_tensor(w).detach().float() for t, w in weights.items()})
+        if effective is not None:
+            logged.update({f"weight_eff/{t}": w.float() for t, w in effective.items()})
         logged.update({f"wdiag/{k}": v.detach().float() for k, v in self.weighting.diagnostics().items()})
         logged.update({f"loss_extra/{k}": v.detach() for k, v in losses.extra.items()})
-        logged["loss/total"] = objective.detach()
+        logged["loss/total"] = shown
         self.log_dict(logged, batch_size=batch_size, on_step=True, on_epoch=False)
-        self.log("train_loss", objective.detach(), batch_size=batch_size, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train_loss", shown, batch_size=batch_size, prog_bar=True, on_step=True, on_epoch=True)
         return objective
+
+    def _gradient_step(self, output: Any, losses: Any, ctx: StepContext, kind: Kind) -> GradientStep:
+        """Rows, Gramian and aggregation of a gradient method (``weighting/gradients.py``); the returned
+        objective's ordinary backward delivers the aggregated gradient (automatic optimisation unchanged)."""
+        if self._gradient_space is None:
+            self._gradient_space = GradientSpace(self.model, self.tasks)
+        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None) if self._trainer else None
+        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else None
+        step = gradient_step(
+            self.weighting,
+            self._gradient_space,
+            losses.main,
+            losses.aux,
+            losses.extra,
+            output.rep,
+            ctx,
+            kind,
+            scale=scale,
+        )
+        self.last_gradients = step if self.keep_gradients else None
+        return step
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step_taken = self._trainer is None or self.global_step > self._step_before
@@ -330,7 +378,9 @@ class MultiTaskModule(L.LightningModule):
             self._log_images(batch, preds)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+        preds = self._eval_step(batch, self.test_metrics, "test")
+        if self.test_coherence is not None:
+            self.test_coherence.update(preds, batch)
 
     def _finish_eval(self, metrics: MultiTaskMetrics, prefix: str) -> dict[str, Any]:
         values = metrics.compute()
@@ -347,6 +397,7 @@ class MultiTaskModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         result = self._finish_eval(self.test_metrics, "test")
+        coherence = finish_coherence(self.test_coherence)
         if self.trainer.is_global_zero:
             out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             delta = result["delta_m"]
@@ -364,6 +415,7 @@ class MultiTaskModule(L.LightningModule):
                     **self._loaded_progress,
                 },
                 delta_m=delta,
+                coherence=coherence,
             )
             log.info("test metrics written to %s and %s", json_path, md_path)
 
@@ -390,7 +442,17 @@ class MultiTaskModule(L.LightningModule):
     # ------------------------------------------------------------------ prediction
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         preds = self.model(batch["image"]).preds
+        if self.test_coherence is not None:
+            self.test_coherence.update(preds, batch)
         return {"preds": {t: p.float().cpu() for t, p in preds.items()}, "meta": batch.get("meta")}
+
+    def on_predict_epoch_end(self) -> None:
+        """Cross-task coherence of the predictions (no labels needed): ``predict_metrics.json/.md``."""
+        coherence = finish_coherence(self.test_coherence)
+        if coherence and self.trainer.is_global_zero:
+            out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            extra = {"tasks": list(self.tasks), "arch": self.hparams.arch, "family": self.family}
+            write_results({}, out_dir, name="predict", extra=extra, coherence=coherence)
 
     # ------------------------------------------------------------------ images
     def _log_images(self, batch: dict[str, Any], preds: Mapping[str, Tensor]) -> None:

@@ -1,0 +1,292 @@
+"""The engine's gradient machinery for ``gramian`` and ``task_grads`` methods (``spec/weighting.md`` §1.3–§1.8).
+
+One step (:func:`gradient_step`):
+
+1. **Rows** g_t = ∇f_t of each task objective f_t (separate scalars, never stacked, §1.2):
+   - ``rep`` space: ``autograd.grad(f_t, rep)`` for each task (each call traverses task t's part of the graph
+     down to the branch point only); rows are the Jacobians summed over the batch (``sum_batch``) or flattened;
+   - ``param`` space: ``autograd.grad(f_t, shared + task t's parameters)`` for each task, the graph retained
+     on all but the last pass; the shared part becomes row t with one concatenation, task t's own gradient is
+     kept (it is exact: a head receives gradient from its task only).
+   Rows are computed in fp32 from objectives scaled by the GradScaler's scale s (fp16) and divided by s before
+   any use (§1.8); they are averaged over DDP ranks in one collective before the Gramian K = G Gᵀ (fp32).
+2. **Aggregation**: the method's ``weights(K, L, ctx)`` or ``aggregate(G, L, ctx)``.
+3. **Update**: the engine returns an objective whose *ordinary* backward pass delivers exactly the aggregated
+   gradient, so Lightning's automatic optimisation, gradient accumulation, clipping, the fp16 GradScaler and
+   DDP's gradient averaging all work unchanged:
+   - ``rep``: Σ_t h_t f_t plus a linear term ⟨Σ_t (c_t − h_t) J_t, rep⟩ (J_t = ∂f_t/∂rep detached), so the
+     encoder receives Σ_t c_t ∂f_t/∂rep and head t receives h_t ∇f_t (h_t = 1 for ``own`` heads, c_t for
+     ``weighted``): one backward pass, as EW's;
+   - ``param``: a zero-valued node whose backward writes u = Σ c_t g_t into the shared parameters, h_t ∇f_t
+     into task t's parameters and the method's own parameter gradients; it costs one multiply per parameter
+     and no further pass through the network (LibMTL's extra backward of Σ α_t L_t, §6 #9, is not repeated).
+   Model-internal terms (``TaskLosses.extra``) are added with weight 1 and back-propagated normally.
+
+Under DDP the shared update is identical on every rank, so DDP's gradient average leaves it unchanged (exactly
+for power-of-two world sizes); the task-specific gradients are averaged as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from densemtl.weighting.base import Kind, StepContext, at_least_fp32, task_objective_terms
+from densemtl.weighting.epoch_stats import distributed_world_size, reduce_mean
+from densemtl.weighting.gradient_method import Aggregation, GradientWeighting
+
+__all__ = ["GradientSpace", "GradientStep", "gradient_step", "inject_gradients"]
+
+
+class _InjectGradients(torch.autograd.Function):
+    """Zero-valued scalar whose backward sends ``grad_output · grads[i]`` to ``tensors[i]``."""
+
+    @staticmethod
+    def forward(ctx, grads: tuple[Tensor | None, ...], *tensors: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.grads = grads
+        return torch.zeros((), dtype=torch.float32, device=tensors[0].device)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+        grads = ctx.grads
+        ctx.grads = None
+        return (None, *(None if g is None else g * grad_output.to(g.dtype) for g in grads))
+
+
+def inject_gradients(pairs: Sequence[tuple[Tensor, Tensor | None]]) -> Tensor:
+    """A 0-d fp32 zero whose backward adds ``grad`` (times the incoming gradient) to each ``tensor``."""
+    if not pairs:
+        raise ValueError("inject_gradients needs at least one (tensor, grad) pair")
+    tensors = tuple(t for t, _ in pairs)
+    grads = tuple(None if g is None else g.detach().to(t.dtype) for t, g in pairs)
+    return _InjectGradients.apply(grads, *tensors)
+
+
+def _names(model: nn.Module, params: Sequence[nn.Parameter]) -> list[str]:
+    ids = {id(p) for p in params}
+    return [n for n, p in model.named_parameters() if id(p) in ids]
+
+
+class GradientSpace:
+    """A model's parameter partition for gradient methods: shared and per-task trainable parameters.
+
+    Checks that ``shared_parameters()`` and the ``task_parameters(t)`` sets are disjoint and cover every
+    trainable parameter (a ``ValueError`` names the offending parameters); the first param-space step also
+    checks by autograd reachability that no task reaches another task's parameters (:func:`gradient_step`).
+    """
+
+    def __init__(self, model: nn.Module, tasks: Sequence[str]) -> None:
+        self.model = model
+        self.tasks = tuple(tasks)
+        shared_fn = getattr(model, "shared_parameters", None)
+        task_fn = getattr(model, "task_parameters", None)
+        if not callable(shared_fn) or not callable(task_fn):
+            raise ValueError(
+                f"model {type(model).__name__} does not expose shared_parameters() and task_parameters(task), "
+                "which gradient weighting methods need"
+            )
+        self.shared = [p for p in shared_fn() if p.requires_grad]
+        self.task_params = {t: [p for p in task_fn(t) if p.requires_grad] for t in self.tasks}
+        seen: dict[int, str] = {id(p): "shared" for p in self.shared}
+        for t, params in self.task_params.items():
+            clash = [p for p in params if id(p) in seen]
+            if clash:
+                raise ValueError(
+                    f"model {type(model).__name__}: parameters {_names(model, clash)} are in task_parameters({t!r}) "
+                    "and also shared or in another task's set; the sets must be disjoint"
+                )
+            seen.update({id(p): t for p in params})
+        missing = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+        if missing:
+            raise ValueError(
+                f"model {type(model).__name__}: trainable parameters {_names(model, missing)} are neither in "
+                "shared_parameters() nor in any task_parameters(task)"
+            )
+        self.numels = [p.numel() for p in self.shared]
+        self.dim = sum(self.numels)
+        self.reachability_checked = False
+
+    def split(self, flat: Tensor) -> list[Tensor]:
+        """The (d,) vector ``flat`` as one tensor per shared parameter (views, parameter shapes)."""
+        return [v.view_as(p) for v, p in zip(torch.split(flat, self.numels), self.shared)]
+
+
+@dataclass
+class GradientStep:
+    """The result of :func:`gradient_step`.
+
+    Attributes:
+        objective: the scalar to back-propagate (its backward delivers the aggregated gradient).
+        total: detached Σ_t c_t f_t (+ extra terms), for logging as the step's objective.
+        weights: task -> native weight; effective: task -> c_t on ∇L_t (when defined).
+        rows: (T, d) fp32 rows (rank-averaged; rank-local with ``rep_reduce="flatten"``); gram: (T, T) fp32.
+        coefficients: (T,) c with u = Σ c_t g_t, or None.
+    """
+
+    objective: Tensor
+    total: Tensor
+    weights: dict[str, Tensor]
+    effective: dict[str, Tensor] | None
+    rows: Tensor
+    gram: Tensor
+    coefficients: Tensor | None
+
+
+def _rep_rows(objectives: Sequence[Tensor], rep: Tensor, scale: float, reduce: str) -> tuple[list[Tensor], Tensor]:
+    """J_t = ∂f_t/∂rep (fp32, rep's shape) and the rows (T, d)."""
+    jacobians = []
+    for f in objectives:
+        (g,) = torch.autograd.grad(f * scale if scale != 1.0 else f, rep, retain_graph=True, allow_unused=True)
+        g = torch.zeros(rep.shape, dtype=torch.float32, device=rep.device) if g is None else g.float()
+        jacobians.append(g / scale if scale != 1.0 else g)
+    stacked = torch.stack(jacobians)
+    rows = stacked.sum(dim=1).flatten(1) if reduce == "sum_batch" else stacked.flatten(1)
+    return jacobians, rows
+
+
+def _param_rows(
+    space: GradientSpace,
+    objectives: Sequence[Tensor],
+    extra_params: Sequence[nn.Parameter],
+    scale: float,
+    retain_last: bool,
+) -> tuple[Tensor, list[list[Tensor | None]], list[Tensor | None]]:
+    """Rows (T, d) fp32 over the shared parameters, task t's own gradients and the summed gradients of
+    ``extra_params`` (weighting parameters inside f_t), all unscaled."""
+    check = not space.reachability_checked
+    rows, own, extra = [], [], [None] * len(extra_params)
+    last = len(objectives) - 1
+    for i, (t, f) in enumerate(zip(space.tasks, objectives)):
+        others = [p for u, ps in space.task_params.items() if u != t for p in ps] if check else []
+        inputs = [*space.shared, *space.task_params[t], *extra_params, *others]
+        grads = torch.autograd.grad(
+            f * scale if scale != 1.0 else f, inputs, retain_graph=retain_last or i < last, allow_unused=True
+        )
+        n_sh, n_own, n_ex = len(space.shared), len(space.task_params[t]), len(extra_params)
+        if check:
+            leaked = [p for p, g in zip(others, grads[n_sh + n_own + n_ex :]) if g is not None]
+            if leaked:
+                raise ValueError(
+                    f"task {t!r} reaches parameters {_names(space.model, leaked)} of other tasks' "
+                    "task_parameters(); they must be in shared_parameters()"
+                )
+        flat = [
+            (torch.zeros(p.numel(), device=p.device) if g is None else g.reshape(-1).float())
+            for p, g in zip(space.shared, grads[:n_sh])
+        ]
+        row = torch.cat(flat) if flat else torch.zeros(0, device=f.device)
+        rows.append(row / scale if scale != 1.0 else row)
+        own.append([None if g is None else (g / scale if scale != 1.0 else g) for g in grads[n_sh : n_sh + n_own]])
+        for j, g in enumerate(grads[n_sh + n_own : n_sh + n_own + n_ex]):
+            if g is not None:
+                g = g / scale if scale != 1.0 else g
+                extra[j] = g if extra[j] is None else extra[j] + g
+    space.reachability_checked = True
+    return torch.stack(rows), own, extra
+
+
+def _gram(rows: Tensor) -> Tensor:
+    rows = rows.float()
+    return rows @ rows.T
+
+
+def gradient_step(
+    weighting: GradientWeighting,
+    space: GradientSpace,
+    main: Mapping[str, Tensor],
+    aux: Mapping[str, Sequence[tuple[float, Tensor]]],
+    extra: Mapping[str, Tensor],
+    rep: Tensor | None,
+    ctx: StepContext,
+    kind: Kind,
+    scale: float | None = None,
+    reduce: Callable[[Tensor], Tensor] = reduce_mean,
+) -> GradientStep:
+    """Rows, Gramian, aggregation and the objective that delivers the update (module docstring).
+
+    Args:
+        weighting: the method (its ``space``, ``heads``, ``task_objectives``, ``weights``/``aggregate``).
+        space: the model's parameter partition.
+        main, aux, extra: the criterion's ``TaskLosses`` parts (separate scalars).
+        rep: ``MultiTaskOutput.rep`` (B, C, h, w), required in rep space.
+        ctx: the step context.
+        kind: ``Kind.GRAMIAN`` or ``Kind.TASK_GRADS``.
+        scale: the fp16 GradScaler's current scale (None without a scaler); rows are divided by it and a
+            non-finite Gramian makes the whole update non-finite, so the scaler skips the step.
+        reduce: mean over DDP ranks.
+    """
+    tasks = space.tasks
+    name = type(weighting).__name__
+    terms = task_objective_terms(main, aux, tasks)
+    objectives = weighting.task_objectives(terms)
+    f = [at_least_fp32(objectives[t]) for t in tasks]
+    s = 1.0 if scale is None else float(scale)
+    world = distributed_world_size()
+    jacobians: list[Tensor] = []
+    own: list[list[Tensor | None]] = []
+    extra_grads: list[Tensor | None] = []
+    learnable = weighting.learnable()
+    if weighting.space == "rep":
+        if rep is None:
+            raise ValueError(
+                f"weighting {name} uses space 'rep', but model {type(space.model).__name__} gives no shared "
+                "representation (MultiTaskOutput.rep is None); use space='param'"
+            )
+        jacobians, rows = _rep_rows(f, rep, s, weighting.rep_reduce)
+        if weighting.rep_reduce == "flatten":  # rows of different ranks concern different samples (§1.7 rule 4)
+            gram = reduce(_gram(rows)) / world
+        else:
+            rows = reduce(rows)
+            gram = _gram(rows)
+    else:
+        if space.dim == 0:
+            raise ValueError(
+                f"weighting {name} uses space 'param', but model {type(space.model).__name__} has no shared "
+                "parameters (shared_parameters() is empty)"
+            )
+        rows, own, extra_grads = _param_rows(space, f, learnable, s, retain_last=bool(extra))
+        rows = reduce(rows)
+        gram = _gram(rows)
+    if scale is not None and not bool(torch.isfinite(gram).all()):  # fp16 overflow: the scaler skips the step
+        nan = torch.full((len(tasks),), float("nan"), device=gram.device)
+        agg = Aggregation(weights=nan, coefficients=nan)
+    elif kind is Kind.GRAMIAN:
+        agg = weighting.weights(gram, terms, ctx)
+    else:
+        agg = weighting.aggregate(rows, terms, ctx)
+    coef = None if agg.coefficients is None else agg.coefficients.detach().to(rows.device, torch.float32)
+    heads = coef if weighting.heads == "weighted" and coef is not None else None
+    if weighting.space == "rep":
+        if coef is None:
+            raise ValueError(f"weighting {name}: rep space needs coefficients, the method returned an update")
+        objective = sum(f) if heads is None else sum(heads[i] * f[i] for i in range(len(tasks)))
+        if heads is None:  # the encoder must receive Σ c_t J_t; the objective above gives Σ J_t
+            correction = sum((coef[i] - 1.0) * jacobians[i] for i in range(len(tasks)))
+            objective = objective + inject_gradients([(rep, correction)])
+        pairs = [(p, agg.param_grads.get(n)) for n, p in weighting.named_parameters() if n in agg.param_grads]
+        if pairs:
+            objective = objective + inject_gradients(pairs)
+    else:
+        update = agg.update if agg.update is not None else coef @ rows
+        pairs: list[tuple[Tensor, Tensor | None]] = list(zip(space.shared, space.split(update.float())))
+        for i, t in enumerate(tasks):
+            for p, g in zip(space.task_params[t], own[i]):
+                pairs.append((p, g if heads is None or g is None else g * heads[i].to(g.dtype)))
+        named = dict(weighting.named_parameters())
+        for p, g in zip(learnable, extra_grads):
+            pairs.append((p, g))
+        for n, g in agg.param_grads.items():
+            pairs.append((named[n], g))
+        objective = inject_gradients(pairs)
+    for term in extra.values():
+        objective = objective + term
+    shown = coef if coef is not None else torch.ones(len(tasks), device=rows.device)
+    total = sum(shown[i] * f[i].detach() for i in range(len(tasks)))
+    for term in extra.values():
+        total = total + term.detach()
+    weights = {t: agg.weights[i].detach() for i, t in enumerate(tasks)}
+    effective = None if agg.effective is None else {t: agg.effective[i].detach() for i, t in enumerate(tasks)}
+    return GradientStep(objective, total, weights, effective, rows, gram, coef)
