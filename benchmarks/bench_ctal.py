@@ -11,7 +11,12 @@ Every measurement runs in its own subprocess, so that its peak resident memory (
 - ``none``: the same script building the same module and inputs, without running it (the baseline);
 - ``direct`` / ``linear``: one warm-up and ``--repeats`` timed forward+backward passes.
 
-"Peak memory attributable" is the process peak minus the baseline's peak. ``--part block`` measures the whole
+"Peak memory attributable" is the process peak minus the baseline's peak. The backward pass is driven by fixed upstream
+gradients built with the inputs (part of the baseline), as for any layer benchmark, so no loss keeps the outputs alive.
+Workers run with glibc's mmap threshold pinned at 128 KiB (``MALLOC_MMAP_THRESHOLD_``): by default glibc raises it
+after the first large free, then serves later activation buffers from the heap and keeps them resident after they are
+freed, so peak RSS measures the allocator's retention rather than live tensors. ``--default-malloc`` measures with
+glibc's default instead (the README reports both). ``--part block`` measures the whole
 :class:`~densemtl.models.ctal.CTALBlock` (conv_in, value convs, affinity, conv_out), ``--part core`` the
 affinity core alone (normalisation, grouped-conv fusion, diffusion). The largest grid each form fits in 8 GB
 is *estimated* from the attributable peaks at two grids (the given one and half its side): a P² + P model for
@@ -46,17 +51,19 @@ def _worker(args: argparse.Namespace) -> dict[str, float]:
     if args.part == "block":
         module = CTALBlock(n, args.in_channels, (h, w), channels=c, impl=impl)
         inputs = [torch.randn(b, args.in_channels, h, w, requires_grad=True) for _ in range(n)]
+        upstream = [torch.randn(b, c, 2 * h, 2 * w) for _ in range(n)]
 
         def step() -> None:
-            sum(o.square().mean() for o in module(inputs)).backward()
+            torch.autograd.backward(module(inputs), upstream)
 
     else:
         module = CrossTaskAffinity(n, c, (h, w), impl=impl)
         feats = torch.randn(b, n, c, h, w, requires_grad=True)
         values = torch.randn(b, n, c, h, w, requires_grad=True)
+        upstream = [torch.randn(b, c, h, w) for _ in range(n)]
 
         def step() -> None:
-            sum(z.square().mean() for z in module(feats, values.unbind(1))).backward()
+            torch.autograd.backward(module(feats, values.unbind(1)), upstream)
 
     times = []
     if args.impl != "none":
@@ -75,6 +82,8 @@ def _measure(args: argparse.Namespace, impl: str, grid: tuple[int, int]) -> dict
     for key in ("tasks", "channels", "in_channels", "batch", "threads", "repeats", "part"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    if not args.default_malloc:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(f"benchmark worker failed ({' '.join(cmd)}):\n{out.stderr[-2000:]}")
@@ -109,6 +118,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed passes after one warm-up")
     parser.add_argument("--part", choices=("block", "core"), default="block")
     parser.add_argument("--budget-gib", type=float, default=8.0)
+    parser.add_argument("--default-malloc", action="store_true", help="glibc's default (dynamic) mmap threshold")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=("none", "direct", "linear"), default="none", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -122,7 +132,9 @@ def main() -> None:
     grids = (grid,) if args.smoke else (grid, half)
     print(
         f"# CTAL {args.part} forward+backward, CPU, {args.threads} threads: N={args.tasks}, C={args.channels}, "
-        f"C_in={args.in_channels}, batch {args.batch}; load average {os.getloadavg()}"
+        f"C_in={args.in_channels}, batch {args.batch}; "
+        f"{'glibc default malloc' if args.default_malloc else 'MALLOC_MMAP_THRESHOLD_=128KiB'}; "
+        f"load average {os.getloadavg()}"
     )
     rows, attributable = {}, {}
     for g in grids:
