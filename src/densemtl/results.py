@@ -15,6 +15,7 @@ from typing import Any
 
 from densemtl import __version__
 from densemtl.io import atomic_write_text
+from densemtl.metrics.coherence import coherence_markdown
 from densemtl.metrics.delta_m import DeltaMResult, metric_direction
 
 __all__ = ["format_markdown", "write_results"]
@@ -52,21 +53,25 @@ def format_markdown(
     title: str = "test",
     delta_m: DeltaMResult | float | None = None,
     extra: Mapping[str, Any] | None = None,
+    coherence: Mapping[str, Any] | None = None,
 ) -> str:
-    """A Markdown report: one row per task listing its scalar metrics with ↑/↓, then Δm.
+    """A Markdown report: one row per task listing its scalar metrics with ↑/↓, then Δm, then coherence.
 
     Args:
         metrics: task -> metric -> value.
         title: heading.
         delta_m: a :class:`DeltaMResult` or a value in percent.
         extra: metadata shown as a bullet list.
+        coherence: cross-task coherence, source -> family -> metric -> value
+            (:meth:`densemtl.metrics.coherence.CoherenceMetrics.compute`).
     """
     lines = [f"# Results: {title}", ""]
     for key, value in (extra or {}).items():
         lines.append(f"- {key}: {value}")
     if extra:
         lines.append("")
-    lines += ["| task | metrics (↑ higher is better, ↓ lower is better) |", "|---|---|"]
+    if metrics:
+        lines += ["| task | metrics (↑ higher is better, ↓ lower is better) |", "|---|---|"]
     for task, values in metrics.items():
         cells = []
         for name, value in values.items():
@@ -75,7 +80,8 @@ def format_markdown(
             arrow = ARROWS[metric_direction(task, name)]
             cells.append(f"{name} {arrow} {_fmt(value)}".replace("  ", " "))
         lines.append(f"| {task} | {' · '.join(cells)} |")
-    lines.append("")
+    if metrics:
+        lines.append("")
     if isinstance(delta_m, DeltaMResult):
         if delta_m.value is not None:
             lines.append(f"**Δm ↑ = {delta_m.value:+.2f} %** ({delta_m.variant}; reference `{delta_m.reference}`)")
@@ -87,6 +93,8 @@ def format_markdown(
         lines.append("")
     elif delta_m is not None:
         lines += [f"**Δm ↑ = {float(delta_m):+.2f} %**", ""]
+    if coherence:
+        lines += coherence_markdown(coherence)
     return "\n".join(lines)
 
 
@@ -96,6 +104,7 @@ def write_results(
     name: str = "test",
     extra: Mapping[str, Any] | None = None,
     delta_m: DeltaMResult | float | None = None,
+    coherence: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``<out_dir>/<name>_metrics.json`` and ``<out_dir>/<name>_metrics.md``.
 
@@ -106,6 +115,7 @@ def write_results(
         extra: metadata (protocol, model, epoch, ...) stored in the JSON under ``meta`` and listed in the
             Markdown.
         delta_m: Δm result or value, stored under ``delta_m``.
+        coherence: cross-task coherence (source -> family -> metric -> value), stored under ``coherence``.
 
     Returns:
         (json_path, md_path).
@@ -123,8 +133,10 @@ def write_results(
         "directions": {t: {m: metric_direction(t, m) for m in ms} for t, ms in metrics.items()},
         "delta_m": _jsonable(delta_m),
     }
+    if coherence:
+        payload["coherence"] = _jsonable(coherence)
     json_path = out / f"{name}_metrics.json"
     md_path = out / f"{name}_metrics.md"
     atomic_write_text(json_path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(md_path, format_markdown(metrics, name, delta_m, extra))
+    atomic_write_text(md_path, format_markdown(metrics, name, delta_m, extra, coherence))
     return json_path, md_path
