@@ -124,3 +124,30 @@ def test_poly_schedule_stepped_per_epoch():
         bad = _module(scheduler="poly", scheduler_interval="batch")
         bad._trainer = module._trainer
         bad.configure_optimizers()
+
+
+def test_cosine_warm_restarts_stepped_per_epoch():
+    """CTAL_MS / MTI-Net Cityscapes recipe (SGDR, T_0 = 25, T_mult = 2): cycles of 25 then 50 epochs,
+    lr_e = lr · (1 + cos(π · t / T_i)) / 2 with t the epoch within the cycle (hand-derived)."""
+    import math
+    from types import SimpleNamespace
+
+    module = _module(scheduler="cosine_restarts", scheduler_interval="epoch", lr=5e-4)
+    module._trainer = SimpleNamespace(max_epochs=75, estimated_stepping_batches=75 * 371)
+    config = module.configure_optimizers()
+    sched, opt = config["lr_scheduler"]["scheduler"], config["optimizer"]
+    lrs = []
+    for _ in range(80):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    expected = []
+    for e in range(80):
+        t, period = (e, 25) if e < 25 else (e - 25, 50) if e < 75 else (e - 75, 100)
+        expected.append(5e-4 * (1 + math.cos(math.pi * t / period)) / 2)
+    assert lrs == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert lrs[25] == pytest.approx(5e-4) and lrs[75] == pytest.approx(5e-4)  # the two restarts
+    for bad_args in ({"restart_period": 0}, {"restart_mult": 0}, {"restart_period": 2.5}):
+        bad = _module(scheduler="cosine_restarts", **bad_args)
+        bad._trainer = module._trainer
+        with pytest.raises(ValueError, match="restart_"):
+            bad.configure_optimizers()

@@ -87,11 +87,16 @@ class MultiTaskModule(L.LightningModule):
         lr: base learning rate.
         weight_decay: weight decay.
         momentum: SGD momentum.
-        scheduler: ``poly`` (power ``poly_power``), ``cosine`` or ``none``; stepped every iteration
-            over ``trainer.estimated_stepping_batches``.
+        scheduler: ``poly`` (power ``poly_power``), ``cosine``, ``cosine_restarts`` (SGDR, Loshchilov & Hutter:
+            cosine cycles of ``restart_period`` units, each ``restart_mult`` times longer than the previous; the
+            released CTAL_MS / MTI-Net Cityscapes recipe uses 25 epochs and 2) or ``none``; stepped every
+            iteration over ``trainer.estimated_stepping_batches`` (or per epoch, see ``scheduler_interval``).
         poly_power: exponent of the poly schedule.
         scheduler_interval: ``step`` (every iteration, the default) or ``epoch`` (MT-CP's recipe: lr_e =
             lr · (1 − e / max_epochs)^power, constant within an epoch).
+        restart_period: ``cosine_restarts`` only: length of the first cycle, in epochs when
+            ``scheduler_interval="epoch"``, else in iterations (``T_0``).
+        restart_mult: ``cosine_restarts`` only: cycle-length multiplier (``T_mult``, an integer >= 1).
         metrics_protocol: metric protocol preset (``default``, ``mtinet``, ``invpt``, ...).
         metrics_args: task -> metric options overriding the preset (validation and test).
         val_metrics_args: task -> options for validation only, over ``metrics_args``. Default:
@@ -119,9 +124,11 @@ class MultiTaskModule(L.LightningModule):
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
         momentum: float = 0.9,
-        scheduler: Literal["poly", "cosine", "none"] = "poly",
+        scheduler: Literal["poly", "cosine", "cosine_restarts", "none"] = "poly",
         poly_power: float = 0.9,
         scheduler_interval: Literal["step", "epoch"] = "step",
+        restart_period: int = 25,
+        restart_mult: int = 2,
         metrics_protocol: str = "default",
         metrics_args: dict[str, dict[str, Any]] | None = None,
         val_metrics_args: dict[str, dict[str, Any]] | None = None,
@@ -505,6 +512,16 @@ class MultiTaskModule(L.LightningModule):
             sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total, power=hp.poly_power)
         elif hp.scheduler == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        elif hp.scheduler == "cosine_restarts":
+            period, mult = getattr(hp, "restart_period", 25), getattr(hp, "restart_mult", 2)
+            if int(period) != period or period < 1 or int(mult) != mult or mult < 1:
+                raise ValueError(
+                    f"model.restart_period must be a positive integer and model.restart_mult an integer >= 1, got "
+                    f"{period!r} and {mult!r}"
+                )
+            sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=int(period), T_mult=int(mult))
         else:
-            raise ValueError(f"unknown scheduler {hp.scheduler!r}; available: ['cosine', 'none', 'poly']")
+            raise ValueError(
+                f"unknown scheduler {hp.scheduler!r}; available: ['cosine', 'cosine_restarts', 'none', 'poly']"
+            )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
