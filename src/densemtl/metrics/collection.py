@@ -27,6 +27,7 @@ from densemtl.metrics.depth import DepthMetrics
 from densemtl.metrics.edge_loss import EdgeLossMeter
 from densemtl.metrics.normals import NormalsMetrics
 from densemtl.metrics.segmentation import SegmentationMetrics
+from densemtl.metrics.validity import ValidPixels, mark_undefined
 from densemtl.registry import lookup
 from densemtl.tasks import check_tasks, get_task
 
@@ -244,6 +245,7 @@ class MultiTaskMetrics(nn.Module):
         self.metrics = nn.ModuleDict(
             {t: build_task_metrics(t, num_classes.get(t), protocol, family, **options.get(t, {})) for t in self.tasks}
         )
+        self.valid_pixels = nn.ModuleDict({t: ValidPixels(t) for t in self.tasks})  # undefined metrics say so
 
     @torch.no_grad()
     def update(self, preds: Mapping[str, Tensor], batch: Mapping[str, Any]) -> None:
@@ -258,6 +260,7 @@ class MultiTaskMetrics(nn.Module):
                 raise ValueError(f"metrics need a prediction and a target for {task!r}")
             target = batch[task]
             self.metrics[task].update(_resize_like(preds[task].detach(), target), target)
+            self.valid_pixels[task].update(target)
 
     def compute(self, vectors: bool = False) -> dict[str, dict[str, Any]]:
         """task -> metric name -> float (all ranks synchronised).
@@ -276,10 +279,10 @@ class MultiTaskMetrics(nn.Module):
                 elif vectors:
                     row[name] = [float(v) for v in value.flatten()]
             out[task] = row
-        return out
+        return mark_undefined(out, {t: int(self.valid_pixels[t].compute()) for t in self.tasks})
 
     def reset(self) -> None:
-        for metric in self.metrics.values():
+        for metric in [*self.metrics.values(), *self.valid_pixels.values()]:
             metric.reset()
 
     def clone(self) -> MultiTaskMetrics:
