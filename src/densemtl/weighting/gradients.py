@@ -189,8 +189,10 @@ def _param_rows(
 
 
 def _gram(rows: Tensor) -> Tensor:
-    rows = rows.float()
-    return rows @ rows.T
+    """K = G Gᵀ in fp32 (autocast off: under bf16/fp16 autocast a matmul would run in half precision)."""
+    with torch.autocast(rows.device.type, enabled=False):
+        rows = rows.float()
+        return rows @ rows.T
 
 
 def gradient_step(
@@ -270,7 +272,8 @@ def gradient_step(
         if pairs:
             objective = objective + inject_gradients(pairs)
     else:
-        update = agg.update if agg.update is not None else coef @ rows
+        with torch.autocast(rows.device.type, enabled=False):
+            update = agg.update if agg.update is not None else coef @ rows.float()
         pairs: list[tuple[Tensor, Tensor | None]] = list(zip(space.shared, space.split(update.float())))
         for i, t in enumerate(tasks):
             for p, g in zip(space.task_params[t], own[i]):

@@ -1,0 +1,240 @@
+"""The engine's gradient step (``weighting/gradients.py``): rows equal ``torch.autograd.grad`` of each task loss
+taken separately (rep and param space, fp32 and bf16 autocast), the update written into the parameters, gradient
+accumulation and clipping through Lightning, the separate-loss guard and the partition / space errors."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from densemtl.engine import MultiTaskModule
+from densemtl.models.base import MultiTaskModel, MultiTaskOutput
+from densemtl.weighting import StepContext, TrainInfo
+from densemtl.weighting.base import task_objective_terms
+from densemtl.weighting.gradients import GradientSpace
+
+TASKS = ["semseg", "depth", "normals"]
+
+
+def _sample(i: int, h: int = 12, w: int = 12) -> dict:
+    g = torch.Generator().manual_seed(100 + i)
+    return {
+        "image": torch.randn(3, h, w, generator=g),
+        "semseg": torch.randint(0, 3, (h, w), generator=g),
+        "depth": torch.rand(1, h, w, generator=g) * 4 + 0.5,
+        "normals": torch.nn.functional.normalize(torch.randn(3, h, w, generator=g), dim=0),
+    }
+
+
+def _batch(indices) -> dict:
+    samples = [_sample(i) for i in indices]
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def _module(weighting: str = "mgda", args: dict | None = None, arch: str = "hps", **kw) -> MultiTaskModule:
+    torch.manual_seed(0)
+    module = MultiTaskModule(
+        tasks=TASKS,
+        num_classes={"semseg": 3},
+        family="nyud",
+        arch=arch,
+        arch_args={"pretrained": None, "neck_channels": 8, "head_channels": 8},
+        weighting=weighting,
+        weighting_args=args,
+        scheduler="none",
+        log_images=0,
+        **kw,
+    )
+    module.log = module.log_dict = lambda *a, **k: None
+    module.weighting.on_train_start(TrainInfo(tasks=tuple(TASKS), seed=0))
+    module.keep_gradients = True
+    module.train()
+    for m in module.modules():  # batch statistics of 2 samples at 1/32 scale are ill-conditioned (and amplify
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):  # bf16 rounding): normalise with running statistics
+            m.eval()
+    return module
+
+
+def _independent(module: MultiTaskModule, batch: dict, space: str):
+    """Per-task rows by separate autograd.grad calls on a fresh forward, and each task's head gradients."""
+    out = module.model(batch["image"])
+    losses = module.criterion(out, batch)
+    terms = task_objective_terms(losses.main, losses.aux, module.tasks)
+    shared = [p for p in module.model.shared_parameters() if p.requires_grad]
+    rows, heads, jac = [], {}, []
+    for t in module.tasks:
+        if space == "rep":
+            (g,) = torch.autograd.grad(terms[t], out.rep, retain_graph=True)
+            jac.append(g.float())
+            rows.append(g.float().sum(0).flatten())
+        else:
+            grads = torch.autograd.grad(terms[t], shared, retain_graph=True, allow_unused=True)
+            rows.append(
+                torch.cat([(torch.zeros_like(p) if g is None else g).flatten().float() for p, g in zip(shared, grads)])
+            )
+        own = list(module.model.task_parameters(t))
+        heads[t] = torch.autograd.grad(terms[t], own, retain_graph=True)
+    return torch.stack(rows), heads, jac, out.rep, shared
+
+
+@pytest.mark.parametrize("space", ["rep", "param"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_rows_equal_autograd_of_each_task_loss(space, bf16):
+    module = _module("mgda", {"space": space})
+    batch = _batch([0, 1])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        module.training_step(batch, 0)
+        expected, _, _, _, _ = _independent(module, batch, space)
+    rows = module.last_gradients.rows
+    assert rows.dtype == torch.float32 and module.last_gradients.gram.dtype == torch.float32
+    assert rows.shape == expected.shape
+    torch.testing.assert_close(rows, expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(module.last_gradients.gram, expected @ expected.T, rtol=1e-5, atol=1e-7)
+    if bf16:  # bf16 rows point where the fp32 rows do (bf16 keeps ~3 significant digits)
+        ref, _, _, _, _ = _independent(module, batch, space)
+        assert float(torch.nn.functional.cosine_similarity(rows, ref, dim=1).min()) > 0.95
+
+
+@pytest.mark.parametrize(
+    ("weighting", "space"), [("mgda", "param"), ("nash_mtl", "param"), ("mgda", "rep"), ("nash_mtl", "rep")]
+)
+def test_update_is_written_into_the_parameters(weighting, space):
+    module = _module(weighting, {"space": space, **({"max_norm": 0.0} if weighting == "nash_mtl" else {})})
+    batch = _batch([2, 3])
+    module.zero_grad()
+    module.training_step(batch, 0).backward()
+    coef = module.last_gradients.coefficients
+    rows, heads, jac, rep, shared = _independent(module, batch, space)
+    if space == "param":
+        expected = coef @ rows
+    else:  # the encoder receives Σ c_t ∂L_t/∂rep
+        cot = sum(c * j for c, j in zip(coef, jac))
+        expected = torch.cat([g.flatten() for g in torch.autograd.grad(rep, shared, cot, retain_graph=True)])
+    got = torch.cat([p.grad.flatten() for p in shared])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    weighted = weighting == "nash_mtl"
+    for i, t in enumerate(TASKS):
+        for p, g in zip(module.model.task_parameters(t), heads[t]):
+            torch.testing.assert_close(p.grad, g * coef[i] if weighted else g, rtol=1e-5, atol=1e-7)
+
+
+def test_separate_losses_other_heads_do_not_run_in_a_task_pass():
+    module = _module("mgda", {"space": "param"})
+    calls = dict.fromkeys(TASKS, 0)
+    for t in TASKS:
+        module.model.heads[t].register_full_backward_hook(lambda *a, t=t: calls.__setitem__(t, calls[t] + 1))
+    module.training_step(_batch([0, 1]), 0)  # T row passes, no backward of the returned objective yet
+    assert calls == dict.fromkeys(TASKS, 1)
+
+
+def test_imtl_scales_receive_their_gradient_in_both_spaces():
+    batch = _batch([4, 5])
+    for space in ("rep", "param"):
+        module = _module("imtl", {"space": space})
+        module.zero_grad()
+        module.training_step(batch, 0).backward()
+        with torch.no_grad():
+            out = module.model(batch["image"])
+            terms = task_objective_terms(*(lambda x: (x.main, x.aux))(module.criterion(out, batch)), TASKS)
+        expected = torch.stack([terms[t] for t in TASKS]) - 1.0  # ∂(e^s L − s)/∂s at s = 0
+        torch.testing.assert_close(module.weighting.log_scales.grad, expected, rtol=1e-5, atol=1e-6)
+
+
+class _Samples(Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> dict:
+        return _sample(i)
+
+
+def test_accumulation_and_clipping_through_lightning():
+    """accumulate_grad_batches=2 and norm clipping: the SGD step (lr 1) equals −clip(mean of the two
+    micro-batches' aggregated gradients), each computed independently."""
+    module = _module("mgda", {"space": "param"}, optimizer="sgd", lr=1.0, weight_decay=0.0, momentum=0.0)
+    module.keep_gradients = False
+    params = [p for p in module.model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    expected = [torch.zeros_like(p) for p in params]
+    shared_ids = {id(p) for p in module.model.shared_parameters()}
+    for idx in ([0, 1], [2, 3]):
+        batch = _batch(idx)
+        rows, heads, _, _, shared = _independent(module, batch, "param")
+        agg = module.weighting.weights(rows @ rows.T, {}, StepContext(epoch=0, step=1, loss_values=torch.ones(3)))
+        u = iter(torch.split(agg.coefficients @ rows, [p.numel() for p in shared]))
+        u_by_id = {id(p): next(u).view_as(p) for p in shared}
+        head_by_id = {id(p): g for t in TASKS for p, g in zip(module.model.task_parameters(t), heads[t])}
+        for e, p in zip(expected, params):
+            e += 0.5 * (u_by_id[id(p)] if id(p) in shared_ids else head_by_id[id(p)])
+    norm = torch.sqrt(sum((e * e).sum() for e in expected))
+    clip = min(1.0, 0.05 / (float(norm) + 1e-6))
+    trainer = L.Trainer(
+        max_steps=1,
+        accumulate_grad_batches=2,
+        gradient_clip_val=0.05,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, DataLoader(_Samples(), batch_size=2, shuffle=False))
+    assert clip < 1.0  # the clipping is active
+    for b, p, e in zip(before, params, expected):
+        torch.testing.assert_close(b - p.detach(), clip * e, rtol=1e-4, atol=1e-7)
+
+
+class _Leaky(MultiTaskModel):
+    """Depth reads the semseg head's output: semseg's 'own' parameters are reached by two tasks."""
+
+    def __init__(self, tasks, num_classes=None, declare_all: bool = True) -> None:
+        super().__init__(tasks, num_classes)
+        self.trunk = nn.Conv2d(3, 4, 1)
+        self.extra = nn.Conv2d(4, 4, 1)
+        self.heads = nn.ModuleDict({t: nn.Conv2d(4, self.out_channels[t], 1) for t in self.tasks})
+        self.declare_all = declare_all
+
+    def shared_parameters(self):
+        yield from self.trunk.parameters()
+        if self.declare_all:
+            yield from self.extra.parameters()
+
+    def forward(self, images):
+        rep = self.extra(self.trunk(images))
+        preds = {t: self.heads[t](rep) for t in self.tasks}
+        preds["depth"] = preds["depth"] + preds["semseg"][:, :1]
+        return MultiTaskOutput(preds=preds, rep=rep)
+
+
+def test_partition_errors_name_the_parameters():
+    with pytest.raises(ValueError, match=r"\['extra.weight', 'extra.bias'\] are neither in shared_parameters"):
+        GradientSpace(_Leaky(TASKS, {"semseg": 3}, declare_all=False), TASKS)
+    module = _module("mgda", {"space": "param"})
+    module.model = _Leaky(TASKS, {"semseg": 3})
+    with pytest.raises(ValueError, match=r"task 'depth' reaches parameters \['heads.semseg.weight'"):
+        module.training_step(_batch([0, 1]), 0)
+
+
+def test_space_a_model_cannot_give_raises():
+    stl = _module("mgda", {"space": "rep"}, arch="stl")
+    with pytest.raises(ValueError, match=r"uses space 'rep', but model SingleTaskModel gives no shared representation"):
+        stl.training_step(_batch([0, 1]), 0)
+    stl = _module("mgda", {"space": "param"}, arch="stl")
+    with pytest.raises(ValueError, match="model SingleTaskModel has no shared parameters"):
+        stl.training_step(_batch([0, 1]), 0)
+
+
+def test_weights_and_effective_coefficients_are_logged():
+    module = _module("mgda", {"normalize": "l2"})
+    logged = {}
+    module.log_dict = lambda values, **k: logged.update(values)
+    module.training_step(_batch([0, 1]), 0)
+    w = torch.stack([logged[f"weight/{t}"] for t in TASKS])
+    eff = torch.stack([logged[f"weight_eff/{t}"] for t in TASKS])
+    norms = torch.sqrt(torch.diagonal(module.last_gradients.gram))
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(eff, w / norms)
