@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_ctal.py            # NYUv2 grid 72x96 (P = 6,912), N = 3, C = 128, C_in = 270, batch 2
     python benchmarks/bench_ctal.py --smoke    # tiny and quick (CI)
     python benchmarks/bench_ctal.py --grid 36 48 --part core --threads 2
+    python benchmarks/bench_ctal.py --recompute-out   # the block with conv_out recomputed in backward
 
 Every measurement runs in its own subprocess, so that its peak resident memory (``ru_maxrss``) is its own:
 
@@ -49,7 +50,7 @@ def _worker(args: argparse.Namespace) -> dict[str, float]:
     n, c, b = args.tasks, args.channels, args.batch
     impl = "linear" if args.impl == "none" else args.impl
     if args.part == "block":
-        module = CTALBlock(n, args.in_channels, (h, w), channels=c, impl=impl)
+        module = CTALBlock(n, args.in_channels, (h, w), channels=c, impl=impl, recompute_out=args.recompute_out)
         inputs = [torch.randn(b, args.in_channels, h, w, requires_grad=True) for _ in range(n)]
         upstream = [torch.randn(b, c, 2 * h, 2 * w) for _ in range(n)]
 
@@ -81,6 +82,7 @@ def _measure(args: argparse.Namespace, impl: str, grid: tuple[int, int]) -> dict
     cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--grid", str(grid[0]), str(grid[1])]
     for key in ("tasks", "channels", "in_channels", "batch", "threads", "repeats", "part"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    cmd += ["--recompute-out"] if args.recompute_out else []
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     if not args.default_malloc:
         env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
@@ -118,6 +120,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed passes after one warm-up")
     parser.add_argument("--part", choices=("block", "core"), default="block")
     parser.add_argument("--budget-gib", type=float, default=8.0)
+    parser.add_argument("--recompute-out", action="store_true", help="block with recompute_out=True (both forms)")
     parser.add_argument("--default-malloc", action="store_true", help="glibc's default (dynamic) mmap threshold")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=("none", "direct", "linear"), default="none", help=argparse.SUPPRESS)
@@ -132,7 +135,7 @@ def main() -> None:
     grids = (grid,) if args.smoke else (grid, half)
     print(
         f"# CTAL {args.part} forward+backward, CPU, {args.threads} threads: N={args.tasks}, C={args.channels}, "
-        f"C_in={args.in_channels}, batch {args.batch}; "
+        f"C_in={args.in_channels}, batch {args.batch}{', recompute_out' if args.recompute_out else ''}; "
         f"{'glibc default malloc' if args.default_malloc else 'MALLOC_MMAP_THRESHOLD_=128KiB'}; "
         f"load average {os.getloadavg()}"
     )

@@ -229,3 +229,32 @@ def test_tap_by_tap_grouped_conv_equals_conv2d(n, grid):
         results.append((g.detach(), f.grad, wt.grad, bs.grad))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_recompute_out_gives_the_same_outputs_gradients_and_running_stats():
+    """recompute_out=True (activation checkpointing of conv_out) is exact: outputs, every gradient and BN's
+    running statistics (updated once, not twice) equal the plain block's after two training steps; eval equal too."""
+    torch.manual_seed(0)
+    plain = CTALBlock(3, 6, (4, 5), channels=8, impl="linear").double()
+    lean = CTALBlock(3, 6, (4, 5), channels=8, impl="linear", recompute_out=True).double()
+    lean.load_state_dict(plain.state_dict())
+    for step in range(2):
+        xs = [torch.randn(2, 6, 4, 5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+        xs_lean = [x.detach().clone().requires_grad_(True) for x in xs]
+        ups = [torch.randn(2, 8, 8, 10, dtype=torch.float64) for _ in range(3)]
+        outs, outs_lean = plain(xs), lean(xs_lean)
+        for a, b in zip(outs, outs_lean):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        torch.autograd.backward(outs, ups)
+        torch.autograd.backward(outs_lean, ups)
+        for x, y in zip(xs, xs_lean):
+            torch.testing.assert_close(x.grad, y.grad, rtol=0, atol=1e-12)
+        for (name, p), q in zip(plain.named_parameters(), lean.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-12, msg=name)
+    for (name, a), b in zip(plain.named_buffers(), lean.buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=name)
+    assert int(lean.conv_out[0][1].num_batches_tracked) == 2
+    plain.eval(), lean.eval()
+    xs = [torch.randn(1, 6, 4, 5, dtype=torch.float64) for _ in range(3)]
+    for a, b in zip(plain(xs), lean(xs)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

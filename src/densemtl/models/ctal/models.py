@@ -173,6 +173,7 @@ class CTALNet(_CNNFamily):
         gconv: ``"shared"`` (released) or ``"per_task"`` (Fig. 2).
         impl: ``"auto"``, ``"linear"`` or ``"direct"`` (``spec/ctal.md`` §4).
         gamma: γ (0.05); gamma_learnable: γ as a parameter initialised to ``gamma``.
+        recompute_out: recompute the CTAL block's conv_out activations in the backward pass (exact, less memory).
     """
 
     def __init__(
@@ -189,13 +190,14 @@ class CTALNet(_CNNFamily):
         impl: str = "auto",
         gamma: float = 0.05,
         gamma_learnable: bool = False,
+        recompute_out: bool = False,
     ) -> None:
         super().__init__(tasks, num_classes, encoder, pretrained, encoder_kwargs, input_size, level_channels)
         self.stage = _InitialStage(self.backbone.channels, self.out_channels)
         width = next(iter(self.stage.initial.values())).out_channels
         self.ctal = CTALBlock(
             len(self.tasks), width, _grid(self.input_size, 4), ctal_channels, gconv, impl, gamma, gamma_learnable,
-            grid_setting=INPUT_SIZE_SETTING,
+            grid_setting=INPUT_SIZE_SETTING, recompute_out=recompute_out,
         )
         self.heads = nn.ModuleDict({t: CTALDecoder(ctal_channels, self.out_channels[t]) for t in self.tasks})
 
@@ -312,7 +314,8 @@ class CTALMSNet(_CNNFamily):
     cross-scale fusion to 270 ch, one CTAL block at stride 4 (C = 128), per task 2 Bottlenecks + 1x1.
     Parameters: 11.15 M on NYUv2-13 (CTAL block 1,380,864), 8.47 M on Cityscapes.
 
-    Args: as :class:`CTALNet`, plus ``fpm_grouping``: ``"reference"`` (released quirk) or ``"task"``.
+    Args: as :class:`CTALNet` (``recompute_out`` too), plus ``fpm_grouping``: ``"reference"`` (released quirk) or
+    ``"task"``.
     """
 
     def __init__(
@@ -330,6 +333,7 @@ class CTALMSNet(_CNNFamily):
         gamma: float = 0.05,
         gamma_learnable: bool = False,
         fpm_grouping: str = "reference",
+        recompute_out: bool = False,
     ) -> None:
         super().__init__(tasks, num_classes, encoder, pretrained, encoder_kwargs, input_size, level_channels)
         channels = self.backbone.channels
@@ -337,7 +341,7 @@ class CTALMSNet(_CNNFamily):
         self.fusion = nn.ModuleDict({t: ScaleFusion(channels) for t in self.tasks})  # per task
         self.ctal = CTALBlock(
             len(self.tasks), sum(channels), _grid(self.input_size, 4), ctal_channels, gconv, impl, gamma,
-            gamma_learnable, grid_setting=INPUT_SIZE_SETTING,
+            gamma_learnable, grid_setting=INPUT_SIZE_SETTING, recompute_out=recompute_out,
         )
         self.heads = nn.ModuleDict({t: CTALDecoder(ctal_channels, self.out_channels[t]) for t in self.tasks})
 

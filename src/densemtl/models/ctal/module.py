@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from densemtl.models.ctal.affinity import (
     affinity_diffusion,
@@ -119,15 +121,38 @@ class CrossTaskAffinity(nn.Module):
 
 
 class _ConvOut(nn.Sequential):
-    """ConvTranspose2d(C, C, 2, stride 2) -> BN -> ReLU -> Conv3x3(C, C): (B, C, H, W) -> (B, C, 2H, 2W)."""
+    """ConvTranspose2d(C, C, 2, stride 2) -> BN -> ReLU -> Conv3x3(C, C): (B, C, H, W) -> (B, C, 2H, 2W).
 
-    def __init__(self, channels: int) -> None:
+    With ``recompute=True`` a training forward keeps only its input and recomputes the three (B, C, 2H, 2W)
+    activations in the backward pass (activation checkpointing): the same outputs and gradients, about 3·B·C·4HW
+    floats less memory per task, one more conv_out forward of time. BN's running statistics are updated once, by
+    the first forward; the recomputation normalises with the same batch statistics without touching them.
+    """
+
+    def __init__(self, channels: int, recompute: bool = False) -> None:
         super().__init__(
             nn.ConvTranspose2d(channels, channels, 2, stride=2),
             nn.BatchNorm2d(channels),
             nn.ReLU(inplace=True),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
+        self.recompute = recompute
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.recompute and torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
+        return checkpoint(self._run, x, {"first": True}, use_reentrant=False)
+
+    def _run(self, x: Tensor, state: dict[str, bool]) -> Tensor:
+        upsample, bn, relu, conv = self
+        y = upsample(x)
+        if bn.training and not state["first"]:  # the recomputation: batch statistics, running stats untouched
+            stats = (bn.running_mean.clone(), bn.running_var.clone()) if bn.track_running_stats else (None, None)
+            y = F.batch_norm(y, *stats, bn.weight, bn.bias, True, 0.0, bn.eps)
+        else:
+            y = bn(y)
+        state["first"] = False
+        return conv(relu(y))
 
 
 class CTALBlock(nn.Module):
@@ -149,6 +174,8 @@ class CTALBlock(nn.Module):
         gamma_learnable: make γ one scalar parameter initialised to ``gamma`` (default: a constant buffer).
         conv_in_bn: BN + ReLU after conv_in (the transformer variant).
         grid_setting: the setting named in the grid-mismatch error.
+        recompute_out: recompute conv_out's (B, C, 2H, 2W) activations in the backward pass instead of storing
+            them (exact; less training memory, one more conv_out forward per step). Off by default.
 
     ``task_modules(k)`` lists the modules used by task k alone (value conv, conv_out and, per task, its grouped
     conv); conv_in feeds every task's affinity and is shared.
@@ -166,6 +193,7 @@ class CTALBlock(nn.Module):
         gamma_learnable: bool = False,
         conv_in_bn: bool = False,
         grid_setting: str = "the model's input_size",
+        recompute_out: bool = False,
     ) -> None:
         super().__init__()
         self.num_tasks = int(num_tasks)
@@ -177,7 +205,7 @@ class CTALBlock(nn.Module):
         self.conv_in = nn.ModuleList(conv_in() for _ in range(num_tasks))
         self.value = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(num_tasks))
         self.affinity = CrossTaskAffinity(num_tasks, channels, grid, gconv, impl, grid_setting)
-        self.conv_out = nn.ModuleList(_ConvOut(channels) for _ in range(num_tasks))
+        self.conv_out = nn.ModuleList(_ConvOut(channels, recompute_out) for _ in range(num_tasks))
         if gamma_learnable:
             self.gamma = nn.Parameter(torch.tensor(float(gamma)))
         else:

@@ -72,7 +72,7 @@ class CTALTransformer(MultiTaskModel):
         backbone: ``swin_v2_s`` (released), ``swin_v2_t`` or ``swin_v2_b``.
         pretrained: local torchvision weight file of the backbone; None: random init (labelled).
         backbone_args: Swin architecture overrides (``embed_dim``, ``depths``, ``num_heads``, ...).
-        ctal_channels, gconv, impl, gamma, gamma_learnable: the CTAL block (as :class:`CTALNet`).
+        ctal_channels, gconv, impl, gamma, gamma_learnable, recompute_out: the CTAL block (as :class:`CTALNet`).
         aspp_rates: the DeepLab head's atrous rates.
     """
 
@@ -96,6 +96,7 @@ class CTALTransformer(MultiTaskModel):
         gamma: float = 0.05,
         gamma_learnable: bool = False,
         aspp_rates: Sequence[int] = (12, 24, 36),
+        recompute_out: bool = False,
     ) -> None:
         super().__init__(tasks, num_classes)
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -108,7 +109,7 @@ class CTALTransformer(MultiTaskModel):
         grid = (-(-self.input_size[0] // 32), -(-self.input_size[1] // 32))
         width = next(iter(self.initial.values())).out_channels
         self.ctal = CTALBlock(len(self.tasks), width, grid, ctal_channels, gconv, impl, gamma, gamma_learnable,
-                              conv_in_bn=True, grid_setting="model.arch_args.input_size")
+                              conv_in_bn=True, grid_setting="model.arch_args.input_size", recompute_out=recompute_out)
         self.heads = nn.ModuleDict(
             {t: DeepLabHead(ctal_channels, self.out_channels[t], aspp_rates) for t in self.tasks}
         )
