@@ -20,13 +20,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from densemtl.callbacks import PredictionImageWriter
+from densemtl.checkpointing import FiniteModelCheckpoint, RandomState, prepare_trainer
 from densemtl.config_checks import check_config
 from densemtl.data.datamodule import MultiTaskDataModule
 from densemtl.engine import MultiTaskModule
+from densemtl.guards import NonFiniteGuard
+from densemtl.interrupts import GracefulInterrupt
 
 __all__ = ["DenseMTLCLI", "main"]
 
@@ -38,7 +42,7 @@ class DenseMTLCLI(LightningCLI):
         parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.family", "model.family", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FiniteModelCheckpoint, "checkpoint")  # never saves non-finite weights
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
@@ -47,6 +51,11 @@ class DenseMTLCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PredictionImageWriter, "predict_writer")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")  # --nonfinite.max_consecutive K
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer with atomic checkpoint writes and its own run folder (:mod:`densemtl.checkpointing`)."""
+        return prepare_trainer(super().instantiate_trainer(**kwargs))
 
     def before_instantiate_classes(self) -> None:
         """Reject impossible settings (lr, checkpoint.monitor, weighting_args) before anything is built."""
@@ -153,7 +162,7 @@ def _make_cli(args: list[str] | None, run: bool) -> DenseMTLCLI:
         MultiTaskDataModule,
         trainer_defaults={
             "default_root_dir": "runs",
-            "callbacks": [LearningRateMonitor(logging_interval="step")],
+            "callbacks": [LearningRateMonitor(logging_interval="step"), GracefulInterrupt(), RandomState()],
         },
         save_config_kwargs={"overwrite": True},
         args=args,

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_in
 from densemtl.data.base import DATASETS, MultiTaskDataset, Sample
 from densemtl.data.image_folder import IMAGE_SUFFIXES, ImageFolder, predict_pipeline
 from densemtl.data.recycling import RecyclingCollate, release_batch
+from densemtl.data.resumable import EpochSampler, ResumableLoader, SeededSamples
 from densemtl.data.transforms import (
     PRESETS,
     Compose,
@@ -364,36 +365,49 @@ class MultiTaskDataModule(LightningDataModule):
         if name not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test", "predict": "predict"}[name])
         dataset = self.datasets[name]
-        train = name == "train"
-        rank = self._rank()
-        generator = None
-        if train:
-            base = self.seed if self.seed is not None else torch.initial_seed()
-            generator = torch.Generator()
-            generator.manual_seed(_mix_seed(base, 0))  # same shuffle on every rank (samplers split it)
-            transform = getattr(dataset, "transform", None)
-            if isinstance(transform, Compose):
-                transform.reseed(_mix_seed(base, rank))
+        if name == "train":
+            return self._train_loader(dataset, self._rank())
+        # every loader draws its worker base seed from its own generator, never from torch's global one, so
+        # building or iterating a loader does not change the training's random stream (exact resume)
+        generator = torch.Generator()
+        generator.manual_seed(_mix_seed(self.seed if self.seed is not None else 0, _LOADER_IDS[name] + 1))
         # predict folders may hold images of any size: one image per batch
-        batch_size = self.batch_size if train else 1 if name == "predict" else self.eval_batch_size
+        batch_size = 1 if name == "predict" else self.eval_batch_size
+        options = self._loader_options(name)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=generator, **options)
+
+    def _loader_options(self, name: str) -> dict[str, Any]:
         workers = self.num_workers
         collate_fn: Any = collate
         if workers > 0 and self.recycle_buffers:
             loader_id = _LOADER_IDS[name]
             collate_fn = RecyclingCollate(collate, workers, slots=_PREFETCH + 2, loader_id=loader_id)
             self._buffer_states[loader_id] = collate_fn.states
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) >= batch_size,
-            num_workers=workers,
-            collate_fn=collate_fn,
-            prefetch_factor=_PREFETCH if workers > 0 else None,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-            worker_init_fn=partial(seed_worker, rank=rank) if workers > 0 else None,
+        return {
+            "num_workers": workers,
+            "collate_fn": collate_fn,
+            "prefetch_factor": _PREFETCH if workers > 0 else None,
+            "pin_memory": torch.cuda.is_available(),
+            "persistent_workers": workers > 0,
+            "worker_init_fn": partial(seed_worker, rank=self._rank()) if workers > 0 else None,
+        }
+
+    def _train_loader(self, dataset: Dataset, rank: int) -> ResumableLoader:
+        """The training loader: shuffle and per-sample augmentation seeds from (seed, epoch, sample), its
+        position saved in checkpoints (:mod:`densemtl.data.resumable`), one shard per distributed rank."""
+        base = self.seed if self.seed is not None else torch.initial_seed()
+        trainer = getattr(self, "trainer", None)
+        world = int(getattr(trainer, "world_size", 1) or 1)
+        sampler = EpochSampler(dataset, seed=_mix_seed(base, 0), num_replicas=world, rank=rank)
+        generator = torch.Generator()
+        generator.manual_seed(_mix_seed(base, 1))
+        return ResumableLoader(
+            SeededSamples(dataset),
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=len(sampler) >= self.batch_size,
             generator=generator,
+            **self._loader_options("train"),
         )
 
     def train_dataloader(self) -> DataLoader:

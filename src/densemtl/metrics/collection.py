@@ -27,7 +27,7 @@ from densemtl.metrics.depth import DepthMetrics
 from densemtl.metrics.edge_loss import EdgeLossMeter
 from densemtl.metrics.normals import NormalsMetrics
 from densemtl.metrics.segmentation import SegmentationMetrics
-from densemtl.metrics.validity import ValidPixels, mark_undefined
+from densemtl.metrics.validity import NonFinitePredictions, ValidPixels, mark_undefined
 from densemtl.registry import lookup
 from densemtl.tasks import check_tasks, get_task
 
@@ -246,6 +246,7 @@ class MultiTaskMetrics(nn.Module):
             {t: build_task_metrics(t, num_classes.get(t), protocol, family, **options.get(t, {})) for t in self.tasks}
         )
         self.valid_pixels = nn.ModuleDict({t: ValidPixels(t) for t in self.tasks})  # undefined metrics say so
+        self.nonfinite_preds = nn.ModuleDict({t: NonFinitePredictions() for t in self.tasks})  # NaN: not scored
 
     @torch.no_grad()
     def update(self, preds: Mapping[str, Tensor], batch: Mapping[str, Any]) -> None:
@@ -261,6 +262,7 @@ class MultiTaskMetrics(nn.Module):
             target = batch[task]
             self.metrics[task].update(_resize_like(preds[task].detach(), target), target)
             self.valid_pixels[task].update(target)
+            self.nonfinite_preds[task].update(preds[task].detach())
 
     def compute(self, vectors: bool = False) -> dict[str, dict[str, Any]]:
         """task -> metric name -> float (all ranks synchronised).
@@ -279,10 +281,11 @@ class MultiTaskMetrics(nn.Module):
                 elif vectors:
                     row[name] = [float(v) for v in value.flatten()]
             out[task] = row
-        return mark_undefined(out, {t: int(self.valid_pixels[t].compute()) for t in self.tasks})
+        nonfinite = {t: tuple(int(v) for v in m.compute()) for t, m in self.nonfinite_preds.items()}
+        return mark_undefined(out, {t: int(self.valid_pixels[t].compute()) for t in self.tasks}, nonfinite)
 
     def reset(self) -> None:
-        for metric in [*self.metrics.values(), *self.valid_pixels.values()]:
+        for metric in [*self.metrics.values(), *self.valid_pixels.values(), *self.nonfinite_preds.values()]:
             metric.reset()
 
     def clone(self) -> MultiTaskMetrics:

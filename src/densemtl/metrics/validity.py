@@ -4,8 +4,10 @@ Without valid pixels (every label ignored, no valid depth) the metric formulas d
 gave NaN silently, others a plausible-looking 0 (mIoU over empty confusion matrices, odsF without ground
 truth). :class:`ValidPixels` counts, per task, the target pixels that the task's ignore rule keeps
 (label maps: not 255; depth: > 0 and finite; normals: not the zero vector), synchronised across ranks like
-any torchmetrics state. :func:`mark_undefined` then sets every metric of a task that saw none to NaN and
-warns, naming the task; any other NaN value is warned about by name too.
+any torchmetrics state. :class:`NonFinitePredictions` counts the images whose prediction holds NaN/inf
+(a diverged model): such a task is not scored. :func:`mark_undefined` then sets every metric of a task that
+saw no valid pixel or a non-finite prediction to NaN and warns, naming the task; any other NaN value is
+warned about by name too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torchmetrics import Metric
 
 from densemtl.tasks import get_task
 
-__all__ = ["UndefinedMetricWarning", "ValidPixels", "mark_undefined", "valid_mask"]
+__all__ = ["NonFinitePredictions", "UndefinedMetricWarning", "ValidPixels", "mark_undefined", "valid_mask"]
 
 
 class UndefinedMetricWarning(RuntimeWarning):
@@ -61,7 +63,41 @@ class ValidPixels(Metric):
         return self.count
 
 
-def mark_undefined(values: Mapping[str, Mapping[str, Any]], valid: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+class NonFinitePredictions(Metric):
+    """Number of images whose prediction holds a NaN or inf since the last reset (summed over ranks)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("count", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("images", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, pred: Tensor) -> None:
+        """Args: pred: (B, ...) prediction of one task."""
+        finite = torch.isfinite(pred.reshape(pred.shape[0], -1)).all(dim=1)
+        self.count += (~finite).sum()
+        self.images += pred.shape[0]
+
+    def compute(self) -> Tensor:
+        """(2,) int64: images with a non-finite prediction, images evaluated."""
+        return torch.stack([self.count, self.images])
+
+
+def _all_nan(value: Any) -> Any:
+    """NaN for a float, a list of NaN for a list (per-class vectors), anything else unchanged."""
+    if isinstance(value, float):
+        return math.nan
+    if isinstance(value, list):
+        return [math.nan] * len(value)
+    return value
+
+
+def mark_undefined(
+    values: Mapping[str, Mapping[str, Any]],
+    valid: Mapping[str, int],
+    nonfinite: Mapping[str, tuple[int, int]] | None = None,
+) -> dict[str, dict[str, Any]]:
     """``values`` (task -> metric -> float) with the metrics of tasks without valid pixels set to NaN.
 
     Warns (:class:`UndefinedMetricWarning`) once per task without valid pixels, and once for the other
@@ -70,9 +106,21 @@ def mark_undefined(values: Mapping[str, Mapping[str, Any]], valid: Mapping[str, 
     Args:
         values: computed metrics.
         valid: task -> valid target pixels evaluated.
+        nonfinite: task -> (images with a NaN/inf prediction, images evaluated); a task with any such image
+            is not scored: every metric NaN, with a warning.
     """
     out = {t: dict(row) for t, row in values.items()}
-    empty = [t for t in out if valid.get(t, 1) == 0]
+    diverged = [t for t in out if (nonfinite or {}).get(t, (0, 0))[0] > 0]
+    for task in diverged:
+        out[task] = {m: _all_nan(v) for m, v in out[task].items()}
+        bad, seen = nonfinite[task]  # type: ignore[index]
+        warnings.warn(
+            f"task {task!r}: {bad} of {seen} evaluated image(s) have non-finite (NaN/inf) predictions; the task is "
+            "not scored and its metrics are reported as NaN (the model diverged?)",
+            UndefinedMetricWarning,
+            stacklevel=3,
+        )
+    empty = [t for t in out if valid.get(t, 1) == 0 and t not in diverged]
     for task in empty:
         out[task] = {m: (math.nan if isinstance(v, float) else v) for m, v in out[task].items()}
         warnings.warn(
@@ -84,7 +132,7 @@ def mark_undefined(values: Mapping[str, Mapping[str, Any]], valid: Mapping[str, 
     nan = [
         f"{t}/{m}"
         for t, row in out.items()
-        if t not in empty
+        if t not in empty and t not in diverged
         for m, v in row.items()
         if isinstance(v, float) and math.isnan(v)
     ]
