@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # passive OpenMP waiting: spinning threads make CPU torch 10-100x slower when another process holds a core
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test test-all lint bench bench-smoke clean
+.PHONY: setup demo test test-all lint bench bench-smoke bench-peers clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,12 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b --smoke || exit 1; done
+
+# peer implementations for bench_weighting.py's comparison (LibMTL 1.1.5, torchjd 0.18 with its solvers);
+# benchmark-only, never runtime or test dependencies
+bench-peers: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench-peers]'
+	$(PY) -m pip install -q --no-deps LibMTL==1.1.5
 
 clean:
 	rm -rf $(VENV) runs data_cache .pytest_cache

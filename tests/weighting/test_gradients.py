@@ -151,7 +151,7 @@ class _Samples(Dataset):
         return _sample(i)
 
 
-def test_accumulation_and_clipping_through_lightning():
+def test_accumulation_and_clipping_through_lightning(tmp_path):
     """accumulate_grad_batches=2 and norm clipping: the SGD step (lr 1) equals −clip(mean of the two
     micro-batches' aggregated gradients), each computed independently."""
     module = _module("mgda", {"space": "param"}, optimizer="sgd", lr=1.0, weight_decay=0.0, momentum=0.0)
@@ -172,6 +172,7 @@ def test_accumulation_and_clipping_through_lightning():
     norm = torch.sqrt(sum((e * e).sum() for e in expected))
     clip = min(1.0, 0.05 / (float(norm) + 1e-6))
     trainer = L.Trainer(
+        default_root_dir=tmp_path,
         max_steps=1,
         accumulate_grad_batches=2,
         gradient_clip_val=0.05,
