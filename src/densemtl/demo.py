@@ -57,6 +57,7 @@ def run_demo(
         The run folder.
     """
     from densemtl.cli import cli_main
+    from densemtl.data.owned import check_replaceable, write_owner_marker
 
     start = time.perf_counter()
     out_dir = Path(out)
@@ -89,8 +90,10 @@ def run_demo(
     table = out_dir / "test" / "test_metrics.md"
 
     inputs = out_dir / "predict_inputs"
+    check_replaceable(inputs, overwrite=True)  # only a folder an earlier demo wrote is replaced
     shutil.rmtree(inputs, ignore_errors=True)
     inputs.mkdir(parents=True)
+    write_owner_marker(inputs, "demo")
     dataset_root = Path(data_root)
     names = (dataset_root / "gt_sets" / "val.txt").read_text().split()[:predict_images]
     for name in names:
