@@ -94,6 +94,13 @@ _THRESHOLDS = (11.25, 22.5, 30.0)
 # ----------------------------------------------------------------------------------------- geometry
 
 
+def _cross(a: Tensor, b: Tensor) -> Tensor:
+    """Cross product over dim 1 of (B, 3, ...) tensors, written out (faster than ``torch.linalg.cross`` on CPU)."""
+    a0, a1, a2 = a[:, 0], a[:, 1], a[:, 2]
+    b0, b1, b2 = b[:, 0], b[:, 1], b[:, 2]
+    return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], dim=1)
+
+
 def _stack_cameras(cameras: Sequence[PinholeCamera], like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(B, 1, 1) fx, fy, cx, cy tensors of ``cameras`` (dtype and device of ``like``)."""
     values = torch.tensor([[c.fx, c.fy, c.cx, c.cy] for c in cameras], dtype=like.dtype, device=like.device)
@@ -148,7 +155,11 @@ def _shifted(x: Tensor, k: int, dy: int, dx: int) -> Tensor:
 
 
 def depth_discontinuities(
-    depth: Tensor, cameras: Sequence[PinholeCamera], threshold: float = DEFAULT_DEPTH_JUMP, step: int = 1
+    depth: Tensor,
+    cameras: Sequence[PinholeCamera],
+    threshold: float = DEFAULT_DEPTH_JUMP,
+    step: int = 1,
+    points: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Depth discontinuities: where the back-projected surface bends by more than ``threshold`` degrees.
 
@@ -163,6 +174,7 @@ def depth_discontinuities(
         cameras: B cameras of these maps.
         threshold: bending angle in degrees.
         step: tangent baseline k in pixels (1 for exact or smooth depth; more for quantised sensor depth).
+        points: ``_points(depth, cameras)`` when already computed.
 
     Returns:
         ``(jump, stencil_ok)``: (B, H, W) bool discontinuities (an axis whose stencil leaves the valid depth,
@@ -173,7 +185,7 @@ def depth_discontinuities(
         raise ValueError(f"the depth discontinuity threshold is a bending angle in (0, 180) degrees, got {threshold}")
     _check_step(step)
     k = step
-    points, valid = _points(depth, cameras)
+    points, valid = _points(depth, cameras) if points is None else points
     # outside the image counts as invalid depth, exactly as padding or holes (one rule for every pixel)
     points = F.pad(points, (k, k, k, k))
     valid = F.pad(valid, (k, k, k, k))
@@ -192,7 +204,9 @@ def _check_step(step: int) -> None:
         raise ValueError(f"step (the finite-difference baseline) must be an integer >= 1 pixel, got {step!r}")
 
 
-def normals_from_depth(depth: Tensor, cameras: Sequence[PinholeCamera], step: int = 1) -> tuple[Tensor, Tensor]:
+def normals_from_depth(
+    depth: Tensor, cameras: Sequence[PinholeCamera], step: int = 1, points: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
     """Surface normals of a z-depth map by back-projection and central differences.
 
     ``P = Z · ((u − cx) / fx, (v − cy) / fy, 1)``; the normal at p is (P(v+k) − P(v−k)) × (P(u+k) − P(u−k))
@@ -203,13 +217,14 @@ def normals_from_depth(depth: Tensor, cameras: Sequence[PinholeCamera], step: in
         depth: (B, 1, H, W) or (B, H, W) z-depth in metres; ≤ 0 or non-finite = invalid.
         cameras: B cameras of these (H, W) maps.
         step: finite-difference half-width k in pixels.
+        points: ``_points(depth, cameras)`` when already computed.
 
     Returns:
         ``(normals, ok)``: (B, 3, H, W) float64 unit normals (zero where not ok) and (B, H, W) bool where the
         stencil has valid depth.
     """
     _check_step(step)
-    points, valid = _points(depth, cameras)
+    points, valid = _points(depth, cameras) if points is None else points
     b, h, w = valid.shape
     normals = torch.zeros_like(points)
     ok = torch.zeros_like(valid)
@@ -218,7 +233,7 @@ def normals_from_depth(depth: Tensor, cameras: Sequence[PinholeCamera], step: in
         return normals, ok
     t_u = _shifted(points, k, 0, k) - _shifted(points, k, 0, -k)
     t_v = _shifted(points, k, k, 0) - _shifted(points, k, -k, 0)
-    n = torch.linalg.cross(t_v, t_u, dim=1)
+    n = _cross(t_v, t_u)
     length = torch.sqrt((n * n).sum(1, keepdim=True))
     stencil = _shifted(valid, k, 0, 0)
     for dy, dx in ((0, -k), (0, k), (-k, 0), (k, 0)):
@@ -235,9 +250,10 @@ def normals_from_depth(depth: Tensor, cameras: Sequence[PinholeCamera], step: in
 def _unit(normals: Tensor) -> Tensor:
     """(B, 3, H, W) L2-normalised in float64; zero (or non-finite) vectors become zero."""
     n = normals.double()
-    n = torch.where(torch.isfinite(n).all(1, keepdim=True), n, torch.zeros((), dtype=n.dtype))
-    length = torch.sqrt((n * n).sum(1, keepdim=True))
-    return n / length.clamp_min(torch.finfo(n.dtype).tiny)
+    length = torch.sqrt(n[:, 0:1] * n[:, 0:1] + n[:, 1:2] * n[:, 1:2] + n[:, 2:3] * n[:, 2:3])
+    good = torch.isfinite(length) & (length > 0)  # a non-finite component makes the length non-finite
+    one, zero = torch.ones((), dtype=n.dtype), torch.zeros((), dtype=n.dtype)
+    return torch.where(good, n / torch.where(good, length, one), zero)
 
 
 def normal_edges(normals: Tensor, threshold: float = DEFAULT_NORMAL_EDGE) -> Tensor:
@@ -251,7 +267,11 @@ def normal_edges(normals: Tensor, threshold: float = DEFAULT_NORMAL_EDGE) -> Ten
     Returns:
         (B, H, W) bool.
     """
-    n = _unit(normals)
+    return _normal_edges_unit(_unit(normals), threshold)
+
+
+def _normal_edges_unit(n: Tensor, threshold: float) -> Tensor:
+    """:func:`normal_edges` of unit (or zero) normals (B, 3, H, W)."""
     valid = (n != 0).any(1)
     cos_t = math.cos(math.radians(threshold))
     edge = torch.zeros_like(valid)
@@ -297,6 +317,19 @@ def boundary_counts(semantic: np.ndarray, geometric: np.ndarray, radius: float, 
     if thin:
         maps = thin_stack(maps)
     return np.asarray(match_counts(maps[0], maps[1], radius), dtype=np.int64)
+
+
+def _tower(maps: np.ndarray, radius: float) -> np.ndarray:
+    """(N, H, W) maps stacked vertically with more than ``radius`` empty rows between them: (N (H + gap), W).
+
+    No pair of pixels from different maps is within ``radius``, so a maximum matching of the tower is the union
+    of the maps' own maximum matchings and its counts are their sums (one graph and one flow per batch).
+    """
+    n, h, w = maps.shape
+    gap = int(math.floor(radius)) + 1
+    tower = np.zeros((n, h + gap, w), bool)
+    tower[:, :h] = maps
+    return tower.reshape(n * (h + gap), w)
 
 
 def _f_score(counts: Tensor) -> dict[str, Tensor]:
@@ -348,19 +381,31 @@ class DepthNormalConsistency(NormalsMetrics):
         self.margin = int(margin)
         self.add_state("pixels", torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, normals: Tensor, depth: Tensor, cameras: Sequence[PinholeCamera]) -> None:  # type: ignore[override]
+    def update(  # type: ignore[override]
+        self,
+        normals: Tensor,
+        depth: Tensor,
+        cameras: Sequence[PinholeCamera],
+        jumps: Tensor | None = None,
+        normalized: bool = False,
+    ) -> None:
+        """``jumps``: this metric's :func:`depth_discontinuities` of ``depth`` when already computed;
+        ``normalized``: the normals are already unit (or zero) float64 vectors."""
         depth = _check_depth(depth, cameras)
         if normals.dim() != 4 or normals.shape[1] != 3 or normals.shape[-2:] != depth.shape[-2:]:
             raise ValueError(
                 f"normals must be (B, 3, H, W) like depth {tuple(depth.shape)}, got {tuple(normals.shape)}"
             )
-        derived, ok = normals_from_depth(depth, cameras, self.step)
-        jump, _ = depth_discontinuities(depth, cameras, self.depth_jump, self.step)
-        keep = ok & ~_dilate(jump, self.margin)
-        n = _unit(normals)
-        keep &= (n != 0).any(1)
-        derived = torch.where(keep[:, None], derived, torch.zeros((), dtype=derived.dtype))
-        super().update(n, derived)
+        n = normals if normalized else _unit(normals)
+        points = _points(depth, cameras)
+        derived, ok = normals_from_depth(depth, cameras, self.step, points)
+        if jumps is None:
+            jumps, _ = depth_discontinuities(depth, cameras, self.depth_jump, self.step, points)
+        keep = ok & ~_dilate(jumps, self.margin) & (n != 0).any(1)
+        # both unit: θ = 2·atan2(‖n − d‖, ‖n + d‖) (the NormalsMetrics form, without normalising again)
+        diff, total = n - derived, n + derived
+        theta = 2.0 * torch.atan2(torch.sqrt((diff * diff).sum(1)), torch.sqrt((total * total).sum(1)))
+        self._accumulate(torch.rad2deg(theta), keep, n)
         self.pixels += torch.stack([_valid_depth(depth).sum().double(), keep.sum().double()])
 
     def compute(self) -> dict[str, Tensor]:
@@ -413,16 +458,27 @@ class BoundaryAgreement(Metric):
         self.add_state("counts", torch.zeros(4, dtype=torch.int64), dist_reduce_fx="sum")
 
     def geometric_map(
-        self, depth: Tensor | None, normals: Tensor | None, cameras: Sequence[PinholeCamera] | None = None
+        self,
+        depth: Tensor | None,
+        normals: Tensor | None,
+        cameras: Sequence[PinholeCamera] | None = None,
+        jumps: Tensor | None = None,
     ) -> Tensor:
-        """(B, H, W) bool: depth discontinuities ∪ normal edges."""
+        """(B, H, W) bool: depth discontinuities (``jumps`` when already computed) ∪ normal edges."""
+        return self._geometric(depth, None if normals is None else _unit(normals), cameras, jumps)
+
+    def _geometric(
+        self, depth: Tensor | None, n: Tensor | None, cameras: Sequence[PinholeCamera] | None, jumps: Tensor | None
+    ) -> Tensor:
         maps = []
-        if depth is not None:
+        if jumps is not None:
+            maps.append(jumps)
+        elif depth is not None:
             if cameras is None:
                 raise ValueError("depth discontinuities need the cameras of the depth maps")
             maps.append(depth_discontinuities(depth, cameras, self.depth_jump, self.step)[0])
-        if normals is not None:
-            maps.append(normal_edges(normals, self.normal_edge))
+        if n is not None:
+            maps.append(_normal_edges_unit(n, self.normal_edge))
         if not maps:
             raise ValueError("boundary agreement needs a depth or a normals map")
         return maps[0] | maps[1] if len(maps) == 2 else maps[0]
@@ -434,15 +490,26 @@ class BoundaryAgreement(Metric):
         normals: Tensor | None = None,
         cameras: Sequence[PinholeCamera] | None = None,
         sizes: Sequence[Sequence[int]] | None = None,
+        jumps: Tensor | None = None,
+        normalized: bool = False,
     ) -> None:
+        """``jumps``: this metric's :func:`depth_discontinuities` of ``depth`` when already computed;
+        ``normalized``: the normals are already unit (or zero) float64 vectors."""
         if labels.dim() != 3:
             raise ValueError(f"labels must be (B, H, W) class ids, got {tuple(labels.shape)}")
-        geometric = self.geometric_map(depth, normals, cameras).cpu().numpy()
+        n = normals if normals is None or normalized else _unit(normals)
+        geometric = self._geometric(depth, n, cameras, jumps).cpu().numpy()
         lab = labels.cpu().numpy()
+        semantic = np.stack([semantic_boundaries(x, self.ignore_index) for x in lab])
+        thinned = thin_stack(np.concatenate([semantic, geometric]))  # one pass for the whole batch
+        b = len(lab)
+        radii = [radius_pixels(self.max_dist, sizes[i] if sizes is not None else lab[i].shape) for i in range(b)]
         total = np.zeros(4, np.int64)
-        for i, (sem_labels, geo) in enumerate(zip(lab, geometric)):
-            radius = radius_pixels(self.max_dist, sizes[i] if sizes is not None else sem_labels.shape)
-            total += boundary_counts(semantic_boundaries(sem_labels, self.ignore_index), geo, radius)
+        for radius in sorted(set(radii)):  # images of one radius are matched together
+            idx = [i for i in range(b) if radii[i] == radius]
+            semantic_tower = _tower(thinned[idx], radius)
+            geometric_tower = _tower(thinned[[b + i for i in idx]], radius)
+            total += boundary_counts(semantic_tower, geometric_tower, radius, thin=False)
         self.counts += torch.from_numpy(total).to(self.counts.device)
 
     def compute(self) -> dict[str, Tensor]:
@@ -504,13 +571,14 @@ class FloorWallAgreement(Metric):
         g = torch.linalg.eigh(m)[1][:, :, 0]
         return torch.where((g @ up)[:, None] < 0, -g, g)
 
-    def update(self, labels: Tensor, normals: Tensor) -> None:
+    def update(self, labels: Tensor, normals: Tensor, normalized: bool = False) -> None:
+        """``normalized``: the normals are already unit (or zero) float64 vectors."""
         if labels.dim() != 3 or normals.dim() != 4 or normals.shape[1] != 3 or normals.shape[-2:] != labels.shape[-2:]:
             raise ValueError(
                 f"labels (B, H, W) and normals (B, 3, H, W) of one size expected, got {tuple(labels.shape)} "
                 f"and {tuple(normals.shape)}"
             )
-        n = _unit(normals)
+        n = normals if normalized else _unit(normals)
         has_normal = (n != 0).any(1)
         floor = torch.isin(labels, torch.tensor(self.floor_ids, device=labels.device)) & has_normal
         wall = torch.isin(labels, torch.tensor(self.wall_ids, device=labels.device)) & has_normal
@@ -519,9 +587,8 @@ class FloorWallAgreement(Metric):
             return
         n, floor, wall = n[used], floor[used], wall[used]
         g = self._gravity(n, floor, wall)[:, :, None, None]
-        dot = (n * g).sum(1)
-        cross = torch.linalg.cross(n, g.expand_as(n), dim=1)
-        sin = torch.sqrt((cross * cross).sum(1))
+        dot = (n * g).sum(1).clamp(-1.0, 1.0)
+        sin = torch.sqrt(1.0 - dot * dot)  # |n × g| of unit vectors (float64: ~1e-8 rad near 0)
         floor_angle = torch.rad2deg(torch.atan2(sin, dot))  # angle(n, g)
         wall_angle = torch.rad2deg(torch.atan2(dot.abs(), sin))  # |90° − angle(n, g)|
         zero = torch.zeros((), dtype=dot.dtype, device=dot.device)
@@ -629,6 +696,8 @@ class CoherenceMetrics(nn.Module):
             raise ValueError(f"coherence sources must be a non-empty subset of {SOURCES}, got {list(sources)}")
         self.tasks = tuple(tasks)
         self.family = family
+        self.depth_jump = float(depth_jump)
+        self.step = step
         self.sources = tuple(dict.fromkeys(sources))
         self.intrinsics = None if intrinsics is None else tuple(float(v) for v in intrinsics)
         self.intrinsics_size = None if intrinsics_size is None else tuple(int(v) for v in intrinsics_size)
@@ -725,13 +794,17 @@ class CoherenceMetrics(nn.Module):
             if normals is not None:
                 normals = torch.where(box[:, None].to(normals.device), normals, torch.zeros((), dtype=normals.dtype))
             group = self.metrics[source]
+            jumps = None  # the depth discontinuities, shared by the two families that use them
+            if depth is not None:
+                jumps = depth_discontinuities(depth, cameras, self.depth_jump, self.step)[0]
+            n = None if normals is None else _unit(normals)  # normalised once for the three families
             for name in self.families:  # a missing map (no targets when predicting) skips the family
-                if name == "depth_normal" and normals is not None and depth is not None:
-                    group[name].update(normals, depth, cameras)
-                elif name == "boundary" and labels is not None and (depth is not None or normals is not None):
-                    group[name].update(labels, depth, normals, cameras, sizes)
-                elif name == "floor_wall" and labels is not None and normals is not None:
-                    group[name].update(labels, normals)
+                if name == "depth_normal" and n is not None and depth is not None:
+                    group[name].update(n, depth, cameras, jumps, normalized=True)
+                elif name == "boundary" and labels is not None and (depth is not None or n is not None):
+                    group[name].update(labels, depth, n, cameras, sizes, jumps, normalized=True)
+                elif name == "floor_wall" and labels is not None and n is not None:
+                    group[name].update(labels, n, normalized=True)
 
     def compute(self) -> dict[str, dict[str, dict[str, float]]]:
         """source -> family -> metric -> float; all ranks synchronised (every rank must call it).

@@ -134,6 +134,10 @@ class NormalsMetrics(Metric):
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         theta, valid = angular_error(preds, target, self.quantize_png)
+        self._accumulate(theta, valid, target)
+
+    def _accumulate(self, theta: Tensor, valid: Tensor, target: Tensor) -> None:
+        """Add per-pixel angles θ (B, H, W) in degrees where ``valid`` (B, H, W); ``target`` gives the batch size."""
         if self.pooling == "batch":
             theta = theta[valid]
             if theta.numel():
