@@ -51,6 +51,19 @@ def test_test_writes_metrics_json_and_table(demo_run):
     assert "trained_epochs: 1" in table
 
 
+def test_test_and_predict_report_cross_task_coherence(demo_run):
+    """Issue 15: a ``coherence`` section beside the accuracy metrics (predictions and GT), and on the
+    unlabelled predict folder (predictions only)."""
+    out, _ = demo_run
+    coherence = json.loads((out / "test" / "test_metrics.json").read_text())["coherence"]
+    assert set(coherence) == {"pred", "gt"}
+    assert set(coherence["gt"]) == {"depth_normal", "boundary", "floor_wall"}
+    assert coherence["gt"]["depth_normal"]["mean"] < 1.0  # the generator's scenes are coherent (8-bit normals)
+    assert "## Cross-task coherence" in (out / "test" / "test_metrics.md").read_text()
+    predicted = json.loads((out / "predict" / "predict_metrics.json").read_text())["coherence"]
+    assert list(predicted) == ["pred"] and 0.0 <= predicted["pred"]["boundary"]["f"] <= 100.0
+
+
 def test_predict_writes_one_png_per_task_at_the_original_size(demo_run):
     out, data = demo_run
     pred_dir = out / "predict" / "predictions"
