@@ -32,6 +32,7 @@ from densemtl.metrics.coherence import build_coherence, finish_coherence
 from densemtl.metrics.collection import MultiTaskMetrics
 from densemtl.metrics.delta_m import compute_delta_m
 from densemtl.models import MODELS, MultiTaskModel
+from densemtl.models.blocks import detached_branches
 from densemtl.results import write_results
 from densemtl.tasks import get_task
 from densemtl.viz import grid, to_display
@@ -188,6 +189,7 @@ class MultiTaskModule(L.LightningModule):
         self._gradient_space: GradientSpace | None = None
         self.keep_gradients = False  # keep the last step's rows and Gramian in ``last_gradients`` (tests)
         self.last_gradients: GradientStep | None = None
+        self._branches: dict[str, Any] | None = None
         ignored = getattr(self.weighting, "ddp_ignored_parameters", ())
         if ignored:
             self._ddp_params_and_buffers_to_ignore = [f"weighting.{n}" for n in ignored]
@@ -223,7 +225,11 @@ class MultiTaskModule(L.LightningModule):
         if kind not in LOSS_KINDS and kind not in GRADIENT_KINDS:
             raise NotImplementedError(f"weighting kind {kind.value!r} is not supported by the engine yet")
         self._step_before = self.global_step
-        output = self.model(batch["image"])
+        # rep-space gradient methods on models with independent heads: heads read detached copies of rep
+        detach = kind in GRADIENT_KINDS and self._detached_rep_branches()
+        with detached_branches(detach) as branches:
+            output = self.model(batch["image"])
+        self._branches = branches if detach else None
         losses = self.criterion(output, batch)
         if skip_nonfinite_losses(self, losses):  # NaN/inf loss: no update from this batch (densemtl.guards)
             return None
@@ -259,6 +265,9 @@ class MultiTaskModule(L.LightningModule):
         self.log("train_loss", shown, batch_size=batch_size, prog_bar=True, on_step=True, on_epoch=True)
         return objective
 
+    def _detached_rep_branches(self) -> bool:
+        return getattr(self.weighting, "space", None) == "rep" and bool(getattr(self.model, "independent_branches", 0))
+
     def _gradient_step(self, output: Any, losses: Any, ctx: StepContext, kind: Kind) -> GradientStep:
         """Rows, Gramian and aggregation of a gradient method (``weighting/gradients.py``); the returned
         objective's ordinary backward delivers the aggregated gradient (automatic optimisation unchanged)."""
@@ -276,7 +285,9 @@ class MultiTaskModule(L.LightningModule):
             ctx,
             kind,
             scale=scale,
+            branches=self._branches,
         )
+        self._branches = None
         self.last_gradients = step if self.keep_gradients else None
         return step
 

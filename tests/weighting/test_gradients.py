@@ -80,10 +80,19 @@ def _independent(module: MultiTaskModule, batch: dict, space: str):
     return torch.stack(rows), heads, jac, out.rep, shared
 
 
-@pytest.mark.parametrize("space", ["rep", "param"])
+def _spaced(weighting: str, space: str, args: dict | None = None) -> tuple[MultiTaskModule, str]:
+    """``rep``: heads on detached copies of rep (HPS has independent branches); ``rep_graph``: rows by
+    autograd.grad through the shared graph (the path of models with cross-task modules); ``param``."""
+    module = _module(weighting, {"space": "rep" if space.startswith("rep") else space, **(args or {})})
+    if space == "rep_graph":
+        module.model.independent_branches = False
+    return module, "rep" if space.startswith("rep") else space
+
+
+@pytest.mark.parametrize("space", ["rep", "rep_graph", "param"])
 @pytest.mark.parametrize("bf16", [False, True])
 def test_rows_equal_autograd_of_each_task_loss(space, bf16):
-    module = _module("mgda", {"space": space})
+    module, space = _spaced("mgda", space)
     batch = _batch([0, 1])
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         module.training_step(batch, 0)
@@ -98,11 +107,10 @@ def test_rows_equal_autograd_of_each_task_loss(space, bf16):
         assert float(torch.nn.functional.cosine_similarity(rows, ref, dim=1).min()) > 0.95
 
 
-@pytest.mark.parametrize(
-    ("weighting", "space"), [("mgda", "param"), ("nash_mtl", "param"), ("mgda", "rep"), ("nash_mtl", "rep")]
-)
+@pytest.mark.parametrize("space", ["param", "rep", "rep_graph"])
+@pytest.mark.parametrize("weighting", ["mgda", "nash_mtl"])
 def test_update_is_written_into_the_parameters(weighting, space):
-    module = _module(weighting, {"space": space, **({"max_norm": 0.0} if weighting == "nash_mtl" else {})})
+    module, space = _spaced(weighting, space, {"max_norm": 0.0} if weighting == "nash_mtl" else {})
     batch = _batch([2, 3])
     module.zero_grad()
     module.training_step(batch, 0).backward()
@@ -132,8 +140,8 @@ def test_separate_losses_other_heads_do_not_run_in_a_task_pass():
 
 def test_imtl_scales_receive_their_gradient_in_both_spaces():
     batch = _batch([4, 5])
-    for space in ("rep", "param"):
-        module = _module("imtl", {"space": space})
+    for space in ("rep", "rep_graph", "param"):
+        module, _ = _spaced("imtl", space)
         module.zero_grad()
         module.training_step(batch, 0).backward()
         with torch.no_grad():
@@ -239,3 +247,11 @@ def test_weights_and_effective_coefficients_are_logged():
     norms = torch.sqrt(torch.diagonal(module.last_gradients.gram))
     assert float(w.sum()) == pytest.approx(1.0, abs=1e-6)
     torch.testing.assert_close(eff, w / norms)
+
+
+def test_independent_branches_declared_wrongly_is_caught():
+    module = _module("mgda", {"space": "rep"})
+    module.model = _Leaky(TASKS, {"semseg": 3})
+    module.model.independent_branches = True  # but depth reads semseg's output, and no task_branch is used
+    with pytest.raises(ValueError, match="declares independent_branches, but task 'semseg' read the representation"):
+        module.training_step(_batch([0, 1]), 0)

@@ -52,6 +52,10 @@ class MultiTaskModel(nn.Module):
     ``self.heads`` (an ``nn.ModuleDict`` keyed by task) or override :meth:`task_parameters`.
     """
 
+    independent_branches: bool = False
+    """True when task t's outputs depend on ``rep`` only through its own ``task_branch`` (no cross-task module
+    after the branch point): rep-space gradient methods then run each head's backward once."""
+
     def __init__(self, tasks: Sequence[str], num_classes: Mapping[str, int] | None = None) -> None:
         super().__init__()
         self.tasks = check_tasks(tasks, [t for t in tasks], f"model {type(self).__name__}")

@@ -144,6 +144,8 @@ class HPS(MultiTaskModel):
     keyed by task (the task-specific parameters). Arguments as for :class:`SingleTaskModel`.
     """
 
+    independent_branches = True
+
     def __init__(
         self,
         tasks: list[str],

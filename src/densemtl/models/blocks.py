@@ -26,6 +26,7 @@ __all__ = [
     "branch_factors",
     "get_branch_factor",
     "set_branch_factors",
+    "detached_branches",
     "task_branch",
 ]
 
@@ -223,13 +224,38 @@ class _TaskBranch(torch.autograd.Function):
         return grad * factor, None
 
 
+_DETACHED: dict[str, list[tuple[Tensor, Tensor]]] | None = None
+
+
+@contextmanager
+def detached_branches(enabled: bool = True) -> Iterator[dict[str, list[tuple[Tensor, Tensor]]]]:
+    """While active, :func:`task_branch` gives each task a new leaf ``rep.detach().requires_grad_()``.
+
+    Yields task -> [(rep, leaf), ...] for the branches taken. The engine uses it for rep-space gradient
+    methods on models whose heads are independent (``spec/weighting.md`` §1.4: each head's backward then
+    runs once, and the encoder receives the aggregated cotangent through ``rep``). A no-op when not enabled.
+    """
+    global _DETACHED
+    previous = _DETACHED
+    _DETACHED = {} if enabled else None
+    try:
+        yield _DETACHED if _DETACHED is not None else {}
+    finally:
+        _DETACHED = previous
+
+
 def task_branch(rep: Tensor, task: str) -> Tensor:
     """Where task ``task`` reads the shared representation ``rep`` (B, C, h, w).
 
     Identity in the forward pass; the backward pass multiplies the incoming gradient by the factor set with
     :func:`set_branch_factors` / :func:`branch_factors` (default 1), so the encoder receives
     sum_t a_t dL_t/drep while head t still receives its own gradient (``spec/weighting.md`` §1.4).
+    Inside :func:`detached_branches` it returns a detached leaf copy of ``rep`` instead.
     """
+    if _DETACHED is not None and rep.requires_grad:
+        leaf = rep.detach().requires_grad_(True)
+        _DETACHED.setdefault(task, []).append((rep, leaf))
+        return leaf
     return _TaskBranch.apply(rep, task)
 
 

@@ -147,6 +147,52 @@ def _rep_rows(objectives: Sequence[Tensor], rep: Tensor, scale: float, reduce: s
     return jacobians, rows
 
 
+def _branch_rows(
+    space: GradientSpace,
+    objectives: Sequence[Tensor],
+    branches: Mapping[str, Sequence[tuple[Tensor, Tensor]]],
+    rep: Tensor,
+    extra_params: Sequence[nn.Parameter],
+    scale: float,
+    reduce: str,
+) -> tuple[list[Tensor], Tensor, list[list[Tensor | None]], list[Tensor | None]]:
+    """Rep rows when heads read detached leaf copies of ``rep`` (``detached_branches``): one backward per
+    task through its head gives J_t = ∂f_t/∂leaf_t, the head's own gradient and the weighting parameters'."""
+    name = type(space.model).__name__
+    leaves = {}
+    for t in space.tasks:
+        taken = branches.get(t, ())
+        if len(taken) != 1 or taken[0][0] is not rep:
+            raise ValueError(
+                f"model {name} declares independent_branches, but task {t!r} read the representation through "
+                f"{len(taken)} task_branch call(s) (expected exactly one, on MultiTaskOutput.rep)"
+            )
+        leaves[t] = taken[0][1]
+    check = not space.reachability_checked
+    jacobians, own, extra = [], [], [None] * len(extra_params)
+    for t, f in zip(space.tasks, objectives):
+        others = [leaves[u] for u in space.tasks if u != t] if check else []
+        inputs = [leaves[t], *space.task_params[t], *extra_params, *others]
+        grads = torch.autograd.grad(f * scale if scale != 1.0 else f, inputs, allow_unused=True)
+        n_own, n_ex = len(space.task_params[t]), len(extra_params)
+        if check and any(g is not None for g in grads[1 + n_own + n_ex :]):
+            raise ValueError(
+                f"model {name} declares independent_branches, but task {t!r} depends on other tasks' branches"
+            )
+        g = grads[0]
+        g = torch.zeros(rep.shape, dtype=torch.float32, device=rep.device) if g is None else g.float()
+        jacobians.append(g / scale if scale != 1.0 else g)
+        own.append([None if h is None else (h / scale if scale != 1.0 else h) for h in grads[1 : 1 + n_own]])
+        for j, h in enumerate(grads[1 + n_own : 1 + n_own + n_ex]):
+            if h is not None:
+                h = h / scale if scale != 1.0 else h
+                extra[j] = h if extra[j] is None else extra[j] + h
+    space.reachability_checked = True
+    stacked = torch.stack(jacobians)
+    rows = stacked.sum(dim=1).flatten(1) if reduce == "sum_batch" else stacked.flatten(1)
+    return jacobians, rows, own, extra
+
+
 def _param_rows(
     space: GradientSpace,
     objectives: Sequence[Tensor],
@@ -206,6 +252,7 @@ def gradient_step(
     kind: Kind,
     scale: float | None = None,
     reduce: Callable[[Tensor], Tensor] = reduce_mean,
+    branches: Mapping[str, Sequence[tuple[Tensor, Tensor]]] | None = None,
 ) -> GradientStep:
     """Rows, Gramian, aggregation and the objective that delivers the update (module docstring).
 
@@ -219,6 +266,8 @@ def gradient_step(
         scale: the fp16 GradScaler's current scale (None without a scaler); rows are divided by it and a
             non-finite Gramian makes the whole update non-finite, so the scaler skips the step.
         reduce: mean over DDP ranks.
+        branches: the detached leaves of ``detached_branches`` (rep space on a model with independent
+            branches): each head's backward then runs once and the update reaches the encoder through ``rep``.
     """
     tasks = space.tasks
     name = type(weighting).__name__
@@ -237,7 +286,17 @@ def gradient_step(
                 f"weighting {name} uses space 'rep', but model {type(space.model).__name__} gives no shared "
                 "representation (MultiTaskOutput.rep is None); use space='param'"
             )
-        jacobians, rows = _rep_rows(f, rep, s, weighting.rep_reduce)
+        if branches is not None:
+            if extra:
+                raise ValueError(
+                    f"model {type(space.model).__name__} declares independent_branches but returns model-internal "
+                    f"losses {sorted(extra)}; it cannot use detached branches"
+                )
+            jacobians, rows, own, extra_grads = _branch_rows(
+                space, f, branches, rep, learnable, s, weighting.rep_reduce
+            )
+        else:
+            jacobians, rows = _rep_rows(f, rep, s, weighting.rep_reduce)
         if weighting.rep_reduce == "flatten":  # rows of different ranks concern different samples (§1.7 rule 4)
             gram = reduce(_gram(rows)) / world
         else:
@@ -261,7 +320,18 @@ def gradient_step(
         agg = weighting.aggregate(rows, terms, ctx)
     coef = None if agg.coefficients is None else agg.coefficients.detach().to(rows.device, torch.float32)
     heads = coef if weighting.heads == "weighted" and coef is not None else None
-    if weighting.space == "rep":
+    if weighting.space == "rep" and branches is not None:
+        if coef is None:
+            raise ValueError(f"weighting {name}: rep space needs coefficients, the method returned an update")
+        cotangent = sum(coef[i] * jacobians[i] for i in range(len(tasks)))
+        pairs = [(rep, cotangent)]
+        for i, t in enumerate(tasks):
+            for p, g in zip(space.task_params[t], own[i]):
+                pairs.append((p, g if heads is None or g is None else g * heads[i].to(g.dtype)))
+        named = dict(weighting.named_parameters())
+        pairs += list(zip(learnable, extra_grads)) + [(named[n], g) for n, g in agg.param_grads.items()]
+        objective = inject_gradients(pairs)
+    elif weighting.space == "rep":
         if coef is None:
             raise ValueError(f"weighting {name}: rep space needs coefficients, the method returned an update")
         objective = sum(f) if heads is None else sum(heads[i] * f[i] for i in range(len(tasks)))
