@@ -11,7 +11,11 @@ Frames are rendered by densemtl's own generator (the demo's 120×160 and the def
 noise, normals turned by a few degrees, noisy logits, a blurred edge map), so the thinning and matching
 work is realistic. Times are CPU seconds of this process (steadier than wall time on a shared machine).
 
-Usage: ``python benchmarks/bench_coherence.py [--smoke] [--images N] [--size HxW ...]``.
+``--reference`` prints instead the ground-truth coherence of the real NYUv2 frames in ``../shared/data``
+(the reference level of real data: raw sensor depth and labels are not coherent with each other) next to
+synth-nyud frames rendered at the same 480×640 size.
+
+Usage: ``python benchmarks/bench_coherence.py [--smoke] [--images N] [--size HxW ...] [--reference]``.
 """
 
 from __future__ import annotations
@@ -19,18 +23,29 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from scipy import ndimage
 
 from densemtl.data.synthetic.generate import image_rng
 from densemtl.data.synthetic.render import boundaries
 from densemtl.data.synthetic.synth_nyud import render_nyud_image
-from densemtl.metrics.coherence import CoherenceMetrics
+from densemtl.metrics.camera import frame_camera
+from densemtl.metrics.coherence import (
+    BoundaryAgreement,
+    CoherenceMetrics,
+    DepthNormalConsistency,
+    FloorWallAgreement,
+    floor_wall_ids,
+    normals_from_depth,
+)
 from densemtl.metrics.collection import MultiTaskMetrics
 
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASKS = ["semseg", "depth", "normals", "edge"]
 CLASSES = 13
 
@@ -87,13 +102,65 @@ def bench(size: tuple[int, int], images: int, batch_size: int) -> tuple[float, f
     return times["accuracy"], times["coherence"]
 
 
+def _show(name: str, values: dict) -> None:
+    print(f"  {name}: " + ", ".join(f"{k} {float(v):.2f}" for k, v in values.items()))
+
+
+def reference(step: int = 3) -> None:
+    """GT coherence of the real NYUv2 fixtures (``step``-pixel baseline for their mm-quantised depth)."""
+    if not SHARED.is_dir():
+        raise FileNotFoundError(f"--reference needs the real NYUv2 fixtures at {SHARED}")
+    cam = frame_camera("nyud", (480, 640))
+    root = SHARED / "nyudv2_mini" / "test"
+    ids = sorted(p.stem for p in (root / "semseg40").glob("*.png"))
+    mm = [np.asarray(Image.open(root / "depth" / f"{i}.png")) for i in ids]
+    depth = torch.stack([torch.from_numpy(d / 1000.0)[None] for d in mm])
+    raw = np.stack([np.asarray(Image.open(root / "semseg40" / f"{i}.png")).astype(np.int64) for i in ids])
+    labels = torch.from_numpy(np.where(raw == 0, 255, raw - 1))
+    cams = [cam] * len(ids)
+    derived, _ = normals_from_depth(depth, cams, step)
+    print(f"real NYUv2 labelled test frames {ids} (hole-filled depth, 40 classes; normals derived, step {step}):")
+    fw = FloorWallAgreement(*floor_wall_ids("nyud", 40))
+    fw.update(labels, derived)
+    _show("floor_wall", fw.compute())
+    ba = BoundaryAgreement(step=step)
+    ba.update(labels, depth, None, cams)
+    _show("boundary (semantic vs depth discontinuities)", ba.compute())
+    frame = SHARED / "nyud_mtrefinenet_examples" / "000433"
+    raw_depth = torch.from_numpy(np.asarray(Image.open(frame / "depth.png")) / 5000.0)[None, None]
+    code = np.asarray(Image.open(frame / "normals.png")).astype(np.float64) * 2 / 255 - 1
+    valid = np.abs(np.linalg.norm(code, axis=-1) - 1) < 0.05
+    normals = np.stack([code[..., 0], -code[..., 2], code[..., 1]], -1) * valid[..., None]  # file: (x, z, -y)
+    normals = torch.from_numpy(normals).permute(2, 0, 1)[None]
+    seg = torch.from_numpy(np.asarray(Image.open(frame / "semseg40.png")).astype(np.int64))[None]
+    print("real frame 000433 (raw Kinect depth with holes, its released normals, 40 classes):")
+    for s in (1, step):
+        dn = DepthNormalConsistency(step=s)
+        dn.update(normals, raw_depth, [cam])
+        _show(f"depth_normal (step {s})", dn.compute())
+    fw = FloorWallAgreement(*floor_wall_ids("nyud", 40))
+    fw.update(seg, normals)
+    _show("floor_wall (released normals)", fw.compute())
+    print("synth-nyud ground truth at 480x640 (4 frames, float normals):")
+    frames = _frames(4, (480, 640))
+    _, batch = _batch(frames, (480, 640), np.random.default_rng(0))
+    metrics = CoherenceMetrics(["semseg", "depth", "normals"], "nyud", {"semseg": CLASSES}, sources=["gt"])
+    metrics.update({"depth": batch["depth"]}, batch)
+    for family, values in metrics.compute()["gt"].items():
+        _show(family, values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="2 small frames, a few seconds")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", nargs="*", default=["120x160", "240x320"], help="frame sizes HxW")
+    parser.add_argument("--reference", action="store_true", help="GT coherence of the real NYUv2 fixtures")
     args = parser.parse_args()
+    if args.reference:
+        reference()
+        return
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.size]
     images = args.images
     if args.smoke:
