@@ -255,3 +255,34 @@ def test_independent_branches_declared_wrongly_is_caught():
     module.model.independent_branches = True  # but depth reads semseg's output, and no task_branch is used
     with pytest.raises(ValueError, match="declares independent_branches, but task 'semseg' read the representation"):
         module.training_step(_batch([0, 1]), 0)
+
+
+def test_fp16_scale_is_removed_before_the_gramian_and_overflow_skips_the_weighting():
+    """With a GradScaler scale s the rows come from s·f_t and are divided by s before K; a non-finite K makes
+    the whole update non-finite (the scaler then skips the step) without calling the method."""
+    from densemtl.weighting.gradients import gradient_step
+
+    module = _module("nash_mtl", {"max_norm": 0.0})
+    space = GradientSpace(module.model, TASKS)
+    ctx = StepContext(epoch=0, step=1, loss_values=torch.ones(3))
+    batch = _batch([0, 1])
+
+    def step(scale, poison=False):
+        out = module.model(batch["image"])
+        losses = module.criterion(out, batch)
+        if poison:
+            losses.main["depth"] = losses.main["depth"] * float("inf")
+        return gradient_step(
+            module.weighting, space, losses.main, losses.aux, {}, out.rep, ctx, module.weighting.kind, scale=scale
+        )
+
+    plain, scaled = step(None), step(1024.0)
+    torch.testing.assert_close(scaled.rows, plain.rows, rtol=1e-6, atol=0)
+    torch.testing.assert_close(scaled.gram, plain.gram, rtol=1e-6, atol=0)
+    module.weighting._staged = None
+    bad = step(1024.0, poison=True)
+    assert module.weighting._staged is None  # the method was not asked
+    assert torch.isnan(bad.coefficients).all()
+    module.zero_grad()
+    bad.objective.backward()
+    assert not torch.isfinite(next(module.model.trunk.parameters()).grad).all()
