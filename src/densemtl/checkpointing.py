@@ -172,9 +172,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except FileNotFoundError:
             raise
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+            reason = (str(e).splitlines() or [""])[0][:200]
             raise ValueError(
-                f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); it is "
-                f"truncated or not a torch checkpoint. Pass another one (the run's last.ckpt or a best-*.ckpt)"
+                f"checkpoint {path} cannot be read ({type(e).__name__}: {reason}); it is truncated or not a torch "
+                f"checkpoint. Pass another one (the run's last.ckpt or a best-*.ckpt)"
             ) from e
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
             found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
