@@ -91,7 +91,7 @@ def test_plane_depth_gives_the_analytic_normal(normal):
     derived, ok = normals_from_depth(torch.from_numpy(depth)[None, None], [CAM])
     assert ok[0, 1:-1, 1:-1].all() and not ok[0, 0].any() and not ok[0, :, -1].any()
     got = derived[0].permute(1, 2, 0).numpy()[1:-1, 1:-1]
-    np.testing.assert_allclose(got, np.broadcast_to(n, got.shape), atol=1e-9)
+    np.testing.assert_allclose(got, np.broadcast_to(n, got.shape), atol=1e-5)
     jump, stencil = depth_discontinuities(torch.from_numpy(depth)[None, None], [CAM])
     assert not jump.any() and stencil[0, 1:-1, 1:-1].all()
 
@@ -103,7 +103,7 @@ def test_wider_step_gives_the_same_plane_normal():
     derived, ok = normals_from_depth(depth, [CAM], step=3)
     assert ok[0, 3:-3, 3:-3].all() and not ok[0, :3].any()
     got = derived[0, :, 3:-3, 3:-3].permute(1, 2, 0).numpy()
-    np.testing.assert_allclose(got, np.broadcast_to(n, got.shape), atol=1e-9)
+    np.testing.assert_allclose(got, np.broadcast_to(n, got.shape), atol=1e-5)
 
 
 def test_occlusion_and_crease_are_discontinuities():
@@ -202,7 +202,7 @@ def test_predictions_from_ground_truth_score_like_ground_truth(synth):
     m.update({"semseg": logits, "depth": batch["depth"], "normals": batch["normals"] * 3.0}, batch)
     out = m.compute()
     for family in ("depth_normal", "boundary", "floor_wall"):
-        assert out["pred"][family] == pytest.approx(out["gt"][family], rel=1e-6, abs=1e-6)
+        assert out["pred"][family] == pytest.approx(out["gt"][family], rel=1e-5, abs=1e-5)
 
 
 def test_streaming_in_different_batches_equals_one_pass(synth):
@@ -390,7 +390,7 @@ def test_padding_is_ignored_and_the_camera_follows_the_valid_box(synth):
     ref.update({"depth": torch.zeros(4, 1, 60, 80)}, batch)
     got, want = m.compute()["gt"], ref.compute()["gt"]
     for family in want:
-        assert got[family] == pytest.approx(want[family], rel=1e-9, abs=1e-9), family
+        assert got[family] == pytest.approx(want[family], rel=1e-4, abs=1e-6), family  # float32 geometry
 
 
 def test_predict_without_targets_reports_predictions_only(synth):

@@ -87,6 +87,9 @@ DEFAULT_NORMAL_EDGE = 30.0
 FLOOR_WALL_NAMES: dict[str, tuple[str, ...]] = {"floor": ("floor", "floor mat"), "wall": ("wall",)}
 """Class names (NYU-40 and NYU-13 tables) whose normals are vertical (floor) or horizontal (wall)."""
 
+_DTYPE = torch.float32
+"""Working precision of the per-pixel geometry (angles to ~1e-4°); sums and the gravity fit use float64."""
+
 _LEVEL_UP = (0.0, -1.0, 0.0)  # gravity "up" of a level camera (y down)
 _THRESHOLDS = (11.25, 22.5, 30.0)
 
@@ -123,17 +126,25 @@ def _valid_depth(depth: Tensor) -> Tensor:
 
 
 def _dilate(mask: Tensor, radius: int) -> Tensor:
-    """(B, H, W) bool dilated by a (2r+1)² square."""
+    """(B, H, W) bool dilated by a (2r+1)² square (separable: along the rows, then the columns)."""
     if radius <= 0:
         return mask
-    return F.max_pool2d(mask[:, None].float(), 2 * radius + 1, stride=1, padding=radius)[:, 0] > 0
+    out = mask.clone()
+    for k in range(1, radius + 1):
+        out[:, :, k:] |= mask[:, :, :-k]
+        out[:, :, :-k] |= mask[:, :, k:]
+    rows = out.clone()
+    for k in range(1, radius + 1):
+        out[:, k:] |= rows[:, :-k]
+        out[:, :-k] |= rows[:, k:]
+    return out
 
 
 def _points(depth: Tensor, cameras: Sequence[PinholeCamera]) -> tuple[Tensor, Tensor]:
-    """Back-projected points (B, 3, H, W) float64 (zero where invalid) and validity (B, H, W) bool."""
+    """Back-projected points (B, 3, H, W) float32 (zero where invalid) and validity (B, H, W) bool."""
     depth = _check_depth(depth, cameras)
     valid = _valid_depth(depth)[:, 0]
-    z = torch.where(valid, depth[:, 0].double(), torch.zeros((), dtype=torch.float64))
+    z = torch.where(valid, depth[:, 0].to(_DTYPE), torch.zeros((), dtype=_DTYPE))
     b, h, w = z.shape
     fx, fy, cx, cy = _stack_cameras(cameras, z)
     u = torch.arange(w, dtype=z.dtype, device=z.device)[None, None, :]
@@ -220,7 +231,7 @@ def normals_from_depth(
         points: ``_points(depth, cameras)`` when already computed.
 
     Returns:
-        ``(normals, ok)``: (B, 3, H, W) float64 unit normals (zero where not ok) and (B, H, W) bool where the
+        ``(normals, ok)``: (B, 3, H, W) float32 unit normals (zero where not ok) and (B, H, W) bool where the
         stencil has valid depth.
     """
     _check_step(step)
@@ -248,8 +259,8 @@ def normals_from_depth(
 
 
 def _unit(normals: Tensor) -> Tensor:
-    """(B, 3, H, W) L2-normalised in float64; zero (or non-finite) vectors become zero."""
-    n = normals.double()
+    """(B, 3, H, W) L2-normalised in float32; zero (or non-finite) vectors become zero."""
+    n = normals.to(_DTYPE)
     length = torch.sqrt(n[:, 0:1] * n[:, 0:1] + n[:, 1:2] * n[:, 1:2] + n[:, 2:3] * n[:, 2:3])
     good = torch.isfinite(length) & (length > 0)  # a non-finite component makes the length non-finite
     one, zero = torch.ones((), dtype=n.dtype), torch.zeros((), dtype=n.dtype)
@@ -390,7 +401,7 @@ class DepthNormalConsistency(NormalsMetrics):
         normalized: bool = False,
     ) -> None:
         """``jumps``: this metric's :func:`depth_discontinuities` of ``depth`` when already computed;
-        ``normalized``: the normals are already unit (or zero) float64 vectors."""
+        ``normalized``: the normals are already unit (or zero) float32 vectors."""
         depth = _check_depth(depth, cameras)
         if normals.dim() != 4 or normals.shape[1] != 3 or normals.shape[-2:] != depth.shape[-2:]:
             raise ValueError(
@@ -405,7 +416,7 @@ class DepthNormalConsistency(NormalsMetrics):
         # both unit: θ = 2·atan2(‖n − d‖, ‖n + d‖) (the NormalsMetrics form, without normalising again)
         diff, total = n - derived, n + derived
         theta = 2.0 * torch.atan2(torch.sqrt((diff * diff).sum(1)), torch.sqrt((total * total).sum(1)))
-        self._accumulate(torch.rad2deg(theta), keep, n)
+        self._accumulate(torch.rad2deg(theta.double()), keep, n)
         self.pixels += torch.stack([_valid_depth(depth).sum().double(), keep.sum().double()])
 
     def compute(self) -> dict[str, Tensor]:
@@ -494,7 +505,7 @@ class BoundaryAgreement(Metric):
         normalized: bool = False,
     ) -> None:
         """``jumps``: this metric's :func:`depth_discontinuities` of ``depth`` when already computed;
-        ``normalized``: the normals are already unit (or zero) float64 vectors."""
+        ``normalized``: the normals are already unit (or zero) float32 vectors."""
         if labels.dim() != 3:
             raise ValueError(f"labels must be (B, H, W) class ids, got {tuple(labels.shape)}")
         n = normals if normals is None or normalized else _unit(normals)
@@ -514,6 +525,14 @@ class BoundaryAgreement(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         return _f_score(self.counts)
+
+
+def _any_of(labels: Tensor, ids: Sequence[int]) -> Tensor:
+    """labels ∈ ids, as a few comparisons (cheaper than ``torch.isin`` for one or two ids)."""
+    out = labels == ids[0]
+    for i in ids[1:]:
+        out |= labels == i
+    return out
 
 
 class FloorWallAgreement(Metric):
@@ -560,19 +579,19 @@ class FloorWallAgreement(Metric):
 
     def _gravity(self, n: Tensor, floor: Tensor, wall: Tensor) -> Tensor:
         """(B, 3) unit up vectors."""
-        up = torch.tensor(_LEVEL_UP, dtype=n.dtype, device=n.device)
+        up = torch.tensor(_LEVEL_UP, dtype=torch.float64, device=n.device)
         if self.gravity == "level":
-            return up.expand(n.shape[0], 3)
+            return up.expand(n.shape[0], 3).to(n.dtype)
         weight = wall.to(n.dtype) - floor.to(n.dtype)  # minimise Σ_wall (n·g)² − Σ_floor (n·g)²
-        m = torch.einsum("bihw,bjhw->bij", n * weight[:, None], n)
-        count = (floor | wall).sum((1, 2)).to(n.dtype)
-        eye = torch.eye(3, dtype=n.dtype, device=n.device) - torch.outer(up, up)
+        m = torch.einsum("bihw,bjhw->bij", n * weight[:, None], n).double()
+        count = (floor | wall).sum((1, 2)).double()
+        eye = torch.eye(3, dtype=torch.float64, device=n.device) - torch.outer(up, up)
         m = m + (self.prior * count.clamp_min(1))[:, None, None] * eye
         g = torch.linalg.eigh(m)[1][:, :, 0]
-        return torch.where((g @ up)[:, None] < 0, -g, g)
+        return torch.where((g @ up)[:, None] < 0, -g, g).to(n.dtype)
 
     def update(self, labels: Tensor, normals: Tensor, normalized: bool = False) -> None:
-        """``normalized``: the normals are already unit (or zero) float64 vectors."""
+        """``normalized``: the normals are already unit (or zero) float32 vectors."""
         if labels.dim() != 3 or normals.dim() != 4 or normals.shape[1] != 3 or normals.shape[-2:] != labels.shape[-2:]:
             raise ValueError(
                 f"labels (B, H, W) and normals (B, 3, H, W) of one size expected, got {tuple(labels.shape)} "
@@ -580,15 +599,16 @@ class FloorWallAgreement(Metric):
             )
         n = normals if normalized else _unit(normals)
         has_normal = (n != 0).any(1)
-        floor = torch.isin(labels, torch.tensor(self.floor_ids, device=labels.device)) & has_normal
-        wall = torch.isin(labels, torch.tensor(self.wall_ids, device=labels.device)) & has_normal
+        floor = _any_of(labels, self.floor_ids) & has_normal
+        wall = _any_of(labels, self.wall_ids) & has_normal
         used = (floor | wall).sum((1, 2)) >= self.min_pixels
         if not bool(used.any()):
             return
         n, floor, wall = n[used], floor[used], wall[used]
         g = self._gravity(n, floor, wall)[:, :, None, None]
-        dot = (n * g).sum(1).clamp(-1.0, 1.0)
-        sin = torch.sqrt(1.0 - dot * dot)  # |n × g| of unit vectors (float64: ~1e-8 rad near 0)
+        dot = (n * g).sum(1)
+        cross = _cross(n, g.expand_as(n))
+        sin = torch.sqrt((cross * cross).sum(1))  # |n × g|: no cancellation near 0° (unlike sqrt(1 − dot²))
         floor_angle = torch.rad2deg(torch.atan2(sin, dot))  # angle(n, g)
         wall_angle = torch.rad2deg(torch.atan2(dot.abs(), sin))  # |90° − angle(n, g)|
         zero = torch.zeros((), dtype=dot.dtype, device=dot.device)
@@ -596,7 +616,7 @@ class FloorWallAgreement(Metric):
         for mask, angle in ((floor, floor_angle), (wall, wall_angle)):
             stats += [
                 mask.sum().double(),
-                torch.where(mask, angle, zero).sum(),
+                torch.where(mask, angle, zero).double().sum(),
                 (mask & (angle < _THRESHOLDS[0])).sum().double(),
             ]
         stats.append(used.sum().double())
@@ -781,17 +801,18 @@ class CoherenceMetrics(nn.Module):
         first = next(iter(preds.values()))
         metas = _metas(batch, first.shape[0])
         box = _box_mask(metas, size, first.device)
+        padded = not bool(box.all())  # nothing to mask when every sample fills its input
         cameras = self._cameras(metas, size) if self.use_depth else None
         sizes = [tuple(m.get("valid_box", (0, 0, *size))[2:]) for m in metas]
         for source in self.sources:
             maps = self._maps(source, preds, batch, size)
             labels, normals = maps["semseg"], maps["normals"]
             depth = maps["depth"] if self.use_depth else None
-            if labels is not None:
+            if padded and labels is not None:
                 labels = torch.where(box.to(labels.device), labels, IGNORE_INDEX)
-            if depth is not None:
+            if padded and depth is not None:
                 depth = torch.where(box[:, None].to(depth.device), depth, torch.zeros((), dtype=depth.dtype))
-            if normals is not None:
+            if padded and normals is not None:
                 normals = torch.where(box[:, None].to(normals.device), normals, torch.zeros((), dtype=normals.dtype))
             group = self.metrics[source]
             jumps = None  # the depth discontinuities, shared by the two families that use them
