@@ -178,3 +178,31 @@ def test_skip_nonfinite_losses_names_only_the_bad_tasks():
     assert skip_nonfinite_losses(module, finite) == []
     assert skip_nonfinite_losses(module, {**finite, "depth": torch.tensor(math.inf)}) == ["depth"]
     assert skip_nonfinite_losses(module, finite, objective=torch.tensor(math.nan)) == ["objective"]
+
+
+def test_fit_with_a_huge_learning_rate_stops_with_an_error_and_no_nonfinite_checkpoint(tmp_path, caplog):
+    """The reported reproduction: `densemtl fit --model.lr 1e6` used to exit 0 with a NaN model kept as best."""
+    from densemtl.cli import main
+
+    args = [
+        "fit",
+        "--config=src/densemtl/resources/demo.yaml",
+        f"--data.root={tmp_path / 'data'}",
+        '--data.generate={"train": 8, "val": 2, "size": [32, 40], "seed": 0, "workers": 1}',
+        "--data.train_size=[32, 40]",
+        "--data.batch_size=2",
+        "--data.num_workers=0",
+        "--model.log_images=0",
+        "--model.arch_args={'encoder': 'resnet18', 'pretrained': null, 'neck_channels': 8, 'head_channels': 8}",
+        f"--trainer.default_root_dir={tmp_path / 'runs'}",
+        "--trainer.max_epochs=4",
+        "--trainer.enable_progress_bar=false",
+        "--model.lr=1e6",
+        "--nonfinite.max_consecutive=3",
+    ]
+    stop = pytest.raises(NonFiniteTrainingError, match="3 consecutive steps were skipped")
+    with stop, caplog.at_level(logging.WARNING):
+        main(args)
+    assert "skipped: non-finite loss for semseg, depth, normals, edge" in caplog.text
+    for path in (tmp_path / "runs").rglob("*.ckpt"):
+        assert _finite(torch.load(path, map_location="cpu", weights_only=False)["state_dict"]), path
