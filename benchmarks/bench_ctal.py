@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_ctal.py            # NYUv2 grid 72x96 (P = 6,912), N = 3, C = 128, C_in = 270, batch 2
     python benchmarks/bench_ctal.py --smoke    # tiny and quick (CI)
     python benchmarks/bench_ctal.py --grid 36 48 --part core --threads 2
-    python benchmarks/bench_ctal.py --recompute-out   # the block with conv_out recomputed in backward
+    python benchmarks/bench_ctal.py --recompute-out off   # both forms storing conv_out's activations
 
 Every measurement runs in its own subprocess, so that its peak resident memory (``ru_maxrss``) is its own:
 
@@ -37,6 +37,7 @@ import sys
 import time
 
 GIB = 2**30
+RECOMPUTE = {"auto": None, "on": True, "off": False}
 
 
 def _worker(args: argparse.Namespace) -> dict[str, float]:
@@ -50,7 +51,8 @@ def _worker(args: argparse.Namespace) -> dict[str, float]:
     n, c, b = args.tasks, args.channels, args.batch
     impl = "linear" if args.impl == "none" else args.impl
     if args.part == "block":
-        module = CTALBlock(n, args.in_channels, (h, w), channels=c, impl=impl, recompute_out=args.recompute_out)
+        recompute = RECOMPUTE[args.recompute_out]
+        module = CTALBlock(n, args.in_channels, (h, w), channels=c, impl=impl, recompute_out=recompute)
         inputs = [torch.randn(b, args.in_channels, h, w, requires_grad=True) for _ in range(n)]
         upstream = [torch.randn(b, c, 2 * h, 2 * w) for _ in range(n)]
 
@@ -82,7 +84,7 @@ def _measure(args: argparse.Namespace, impl: str, grid: tuple[int, int]) -> dict
     cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--grid", str(grid[0]), str(grid[1])]
     for key in ("tasks", "channels", "in_channels", "batch", "threads", "repeats", "part"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    cmd += ["--recompute-out"] if args.recompute_out else []
+    cmd += ["--recompute-out", args.recompute_out]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     if not args.default_malloc:
         env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
@@ -120,7 +122,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed passes after one warm-up")
     parser.add_argument("--part", choices=("block", "core"), default="block")
     parser.add_argument("--budget-gib", type=float, default=8.0)
-    parser.add_argument("--recompute-out", action="store_true", help="block with recompute_out=True (both forms)")
+    parser.add_argument(
+        "--recompute-out", choices=tuple(RECOMPUTE), default="auto",
+        help="the block's recompute_out: auto (its default: with the linear form only), on or off for both forms",
+    )
     parser.add_argument("--default-malloc", action="store_true", help="glibc's default (dynamic) mmap threshold")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=("none", "direct", "linear"), default="none", help=argparse.SUPPRESS)
@@ -135,7 +140,7 @@ def main() -> None:
     grids = (grid,) if args.smoke else (grid, half)
     print(
         f"# CTAL {args.part} forward+backward, CPU, {args.threads} threads: N={args.tasks}, C={args.channels}, "
-        f"C_in={args.in_channels}, batch {args.batch}{', recompute_out' if args.recompute_out else ''}; "
+        f"C_in={args.in_channels}, batch {args.batch}{', recompute_out ' + args.recompute_out}; "
         f"{'glibc default malloc' if args.default_malloc else 'MALLOC_MMAP_THRESHOLD_=128KiB'}; "
         f"load average {os.getloadavg()}"
     )

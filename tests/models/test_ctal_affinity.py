@@ -258,3 +258,10 @@ def test_recompute_out_gives_the_same_outputs_gradients_and_running_stats():
     xs = [torch.randn(1, 6, 4, 5, dtype=torch.float64) for _ in range(3)]
     for a, b in zip(plain(xs), lean(xs)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_recompute_out_defaults_to_the_linear_form_only():
+    linear = CTALBlock(2, 4, (3, 4), channels=4, impl="linear")
+    direct = CTALBlock(2, 4, (3, 4), channels=4, impl="direct")
+    assert all(c.recompute for c in linear.conv_out) and not any(c.recompute for c in direct.conv_out)
+    assert not any(c.recompute for c in CTALBlock(2, 4, (3, 4), channels=4, impl="linear", recompute_out=False).conv_out)

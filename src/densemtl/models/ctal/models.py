@@ -173,7 +173,8 @@ class CTALNet(_CNNFamily):
         gconv: ``"shared"`` (released) or ``"per_task"`` (Fig. 2).
         impl: ``"auto"``, ``"linear"`` or ``"direct"`` (``spec/ctal.md`` §4).
         gamma: γ (0.05); gamma_learnable: γ as a parameter initialised to ``gamma``.
-        recompute_out: recompute the CTAL block's conv_out activations in the backward pass (exact, less memory).
+        recompute_out: recompute the CTAL block's conv_out activations in the backward pass (exact, less memory);
+            None: with the linear form only (:class:`~densemtl.models.ctal.module.CTALBlock`).
     """
 
     def __init__(
@@ -190,7 +191,7 @@ class CTALNet(_CNNFamily):
         impl: str = "auto",
         gamma: float = 0.05,
         gamma_learnable: bool = False,
-        recompute_out: bool = False,
+        recompute_out: bool | None = None,
     ) -> None:
         super().__init__(tasks, num_classes, encoder, pretrained, encoder_kwargs, input_size, level_channels)
         self.stage = _InitialStage(self.backbone.channels, self.out_channels)
@@ -333,7 +334,7 @@ class CTALMSNet(_CNNFamily):
         gamma: float = 0.05,
         gamma_learnable: bool = False,
         fpm_grouping: str = "reference",
-        recompute_out: bool = False,
+        recompute_out: bool | None = None,
     ) -> None:
         super().__init__(tasks, num_classes, encoder, pretrained, encoder_kwargs, input_size, level_channels)
         channels = self.backbone.channels

@@ -175,7 +175,9 @@ class CTALBlock(nn.Module):
         conv_in_bn: BN + ReLU after conv_in (the transformer variant).
         grid_setting: the setting named in the grid-mismatch error.
         recompute_out: recompute conv_out's (B, C, 2H, 2W) activations in the backward pass instead of storing
-            them (exact; less training memory, one more conv_out forward per step). Off by default.
+            them (exact; less training memory, one more conv_out forward per step). None (default): on with the
+            linear form, whose training peak they dominate, off with the direct form, whose P x P tensors peak
+            earlier (``benchmarks/bench_ctal.py``).
 
     ``task_modules(k)`` lists the modules used by task k alone (value conv, conv_out and, per task, its grouped
     conv); conv_in feeds every task's affinity and is shared.
@@ -193,7 +195,7 @@ class CTALBlock(nn.Module):
         gamma_learnable: bool = False,
         conv_in_bn: bool = False,
         grid_setting: str = "the model's input_size",
-        recompute_out: bool = False,
+        recompute_out: bool | None = None,
     ) -> None:
         super().__init__()
         self.num_tasks = int(num_tasks)
@@ -205,7 +207,9 @@ class CTALBlock(nn.Module):
         self.conv_in = nn.ModuleList(conv_in() for _ in range(num_tasks))
         self.value = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(num_tasks))
         self.affinity = CrossTaskAffinity(num_tasks, channels, grid, gconv, impl, grid_setting)
-        self.conv_out = nn.ModuleList(_ConvOut(channels, recompute_out) for _ in range(num_tasks))
+        if recompute_out is None:
+            recompute_out = self.affinity.impl == "linear"
+        self.conv_out = nn.ModuleList(_ConvOut(channels, bool(recompute_out)) for _ in range(num_tasks))
         if gamma_learnable:
             self.gamma = nn.Parameter(torch.tensor(float(gamma)))
         else:

@@ -96,7 +96,7 @@ class CTALTransformer(MultiTaskModel):
         gamma: float = 0.05,
         gamma_learnable: bool = False,
         aspp_rates: Sequence[int] = (12, 24, 36),
-        recompute_out: bool = False,
+        recompute_out: bool | None = None,
     ) -> None:
         super().__init__(tasks, num_classes)
         self.input_size = (int(input_size[0]), int(input_size[1]))
