@@ -225,8 +225,8 @@ class MultiTaskModule(L.LightningModule):
         if kind not in LOSS_KINDS and kind not in GRADIENT_KINDS:
             raise NotImplementedError(f"weighting kind {kind.value!r} is not supported by the engine yet")
         self._step_before = self.global_step
-        # rep-space gradient methods on models with independent heads: heads read detached copies of rep
-        detach = kind in GRADIENT_KINDS and self._detached_rep_branches()
+        # gradient methods on models with independent heads: heads read detached copies of rep
+        detach = kind in GRADIENT_KINDS and self._detached_branches()
         with detached_branches(detach) as branches:
             output = self.model(batch["image"])
         self._branches = branches if detach else None
@@ -265,8 +265,10 @@ class MultiTaskModule(L.LightningModule):
         self.log("train_loss", shown, batch_size=batch_size, prog_bar=True, on_step=True, on_epoch=True)
         return objective
 
-    def _detached_rep_branches(self) -> bool:
-        return getattr(self.weighting, "space", None) == "rep" and bool(getattr(self.model, "independent_branches", 0))
+    def _detached_branches(self) -> bool:
+        return getattr(self.weighting, "space", None) in ("rep", "param") and bool(
+            getattr(self.model, "independent_branches", False)
+        )
 
     def _gradient_step(self, output: Any, losses: Any, ctx: StepContext, kind: Kind) -> GradientStep:
         """Rows, Gramian and aggregation of a gradient method (``weighting/gradients.py``); the returned

@@ -81,15 +81,17 @@ def _independent(module: MultiTaskModule, batch: dict, space: str):
 
 
 def _spaced(weighting: str, space: str, args: dict | None = None) -> tuple[MultiTaskModule, str]:
-    """``rep``: heads on detached copies of rep (HPS has independent branches); ``rep_graph``: rows by
-    autograd.grad through the shared graph (the path of models with cross-task modules); ``param``."""
-    module = _module(weighting, {"space": "rep" if space.startswith("rep") else space, **(args or {})})
-    if space == "rep_graph":
+    """``rep``/``param``: heads on detached copies of rep (HPS has independent branches; param rows by one
+    batched VJP through the encoder); ``*_graph``: rows by autograd.grad through the shared graph (the path
+    of models with cross-task modules)."""
+    base = space.split("_")[0]
+    module = _module(weighting, {"space": base, **(args or {})})
+    if space.endswith("_graph"):
         module.model.independent_branches = False
-    return module, "rep" if space.startswith("rep") else space
+    return module, base
 
 
-@pytest.mark.parametrize("space", ["rep", "rep_graph", "param"])
+@pytest.mark.parametrize("space", ["rep", "rep_graph", "param", "param_graph"])
 @pytest.mark.parametrize("bf16", [False, True])
 def test_rows_equal_autograd_of_each_task_loss(space, bf16):
     module, space = _spaced("mgda", space)
@@ -107,7 +109,7 @@ def test_rows_equal_autograd_of_each_task_loss(space, bf16):
         assert float(torch.nn.functional.cosine_similarity(rows, ref, dim=1).min()) > 0.95
 
 
-@pytest.mark.parametrize("space", ["param", "rep", "rep_graph"])
+@pytest.mark.parametrize("space", ["param", "param_graph", "rep", "rep_graph"])
 @pytest.mark.parametrize("weighting", ["mgda", "nash_mtl"])
 def test_update_is_written_into_the_parameters(weighting, space):
     module, space = _spaced(weighting, space, {"max_norm": 0.0} if weighting == "nash_mtl" else {})
@@ -140,7 +142,7 @@ def test_separate_losses_other_heads_do_not_run_in_a_task_pass():
 
 def test_imtl_scales_receive_their_gradient_in_both_spaces():
     batch = _batch([4, 5])
-    for space in ("rep", "rep_graph", "param"):
+    for space in ("rep", "rep_graph", "param", "param_graph"):
         module, _ = _spaced("imtl", space)
         module.zero_grad()
         module.training_step(batch, 0).backward()

@@ -193,6 +193,23 @@ def _branch_rows(
     return jacobians, rows, own, extra
 
 
+def _encoder_rows(space: GradientSpace, rep: Tensor, jacobians: Sequence[Tensor], scale: float) -> Tensor:
+    """Param-space rows (T, d) from the rep Jacobians by one batched VJP through the encoder (``vmap`` over
+    the T cotangents; ``spec/weighting.md`` §1.4's batched route), valid when every shared parameter sits
+    before ``rep`` (a model with independent branches). Frees the encoder graph."""
+    cot = torch.stack(list(jacobians)).to(rep.dtype)
+    grads = torch.autograd.grad(
+        rep, space.shared, cot * scale if scale != 1.0 else cot, is_grads_batched=True, allow_unused=True
+    )
+    t = cot.shape[0]
+    parts = [
+        torch.zeros(t, p.numel(), device=rep.device) if g is None else g.reshape(t, -1).float()
+        for p, g in zip(space.shared, grads)
+    ]
+    rows = torch.cat(parts, dim=1)
+    return rows / scale if scale != 1.0 else rows
+
+
 def _param_rows(
     space: GradientSpace,
     objectives: Sequence[Tensor],
@@ -308,7 +325,16 @@ def gradient_step(
                 f"weighting {name} uses space 'param', but model {type(space.model).__name__} has no shared "
                 "parameters (shared_parameters() is empty)"
             )
-        rows, own, extra_grads = _param_rows(space, f, learnable, s, retain_last=bool(extra))
+        if branches is not None:  # heads on detached rep copies: head passes, then one batched encoder VJP
+            if extra:
+                raise ValueError(
+                    f"model {type(space.model).__name__} declares independent_branches but returns model-internal "
+                    f"losses {sorted(extra)}; it cannot use detached branches"
+                )
+            jacobians, _, own, extra_grads = _branch_rows(space, f, branches, rep, learnable, s, "sum_batch")
+            rows = _encoder_rows(space, rep, jacobians, s)
+        else:
+            rows, own, extra_grads = _param_rows(space, f, learnable, s, retain_last=bool(extra))
         rows = reduce(rows)
         gram = _gram(rows)
     if scale is not None and not bool(torch.isfinite(gram).all()):  # fp16 overflow: the scaler skips the step
