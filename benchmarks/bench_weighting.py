@@ -157,7 +157,7 @@ def bench(num_tasks: int, methods, size, batch: int, steps: int, warmup: int, ep
 def compare_peer(peer: str, method: str, space: str, num_tasks: int, size, batch: int, steps: int, warmup: int) -> dict:
     """Per-step time ratio ours / peer (median over interleaved rounds) and the relative difference of the
     first step's shared update, on the same model copy and batches."""
-    from weighting_peers import PEERS, PeerRunner
+    from weighting_peers import PEERS, UPDATE_SCALE, PeerRunner
 
     family, tasks, num_classes = SETUPS[num_tasks]
     args = PEERS[(peer, method, space)][1]
@@ -166,6 +166,7 @@ def compare_peer(peer: str, method: str, space: str, num_tasks: int, size, batch
         theirs = PeerRunner(peer, method, space, ours.module)
         batches = [make_batch(tasks, num_classes, batch, size, seed=i) for i in range(4)]
         a, b = ours.shared_update(batches[0]), theirs.shared_update(batches[0])
+        a = a * UPDATE_SCALE.get((peer, method, space), lambda t: 1.0)(num_tasks)
         agreement = float((a - b).norm() / b.norm().clamp_min(1e-30))
         ratios = []
         for i in range(warmup + steps):

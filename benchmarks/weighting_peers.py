@@ -25,7 +25,7 @@ import torch
 
 from densemtl.models.baselines import resize_to
 
-__all__ = ["PEERS", "PeerRunner", "peer_available"]
+__all__ = ["PEERS", "UPDATE_SCALE", "PeerRunner", "peer_available"]
 
 
 def peer_available(peer: str) -> bool:
@@ -52,11 +52,11 @@ def _torchjd_aggregator(name: str, num_tasks: int) -> Callable:
         "cagrad": lambda: agg.CAGrad(c=0.4),
         "imtl": lambda: agg.IMTLG(),
         "aligned_mtl": lambda: agg.AlignedMTL(),
-        "nash_mtl": lambda: agg.NashMTL(n_tasks=num_tasks, max_norm=1.0, update_weights_every=1, optim_niter=20),
+        "nash_mtl": lambda: agg.NashMTL(n_tasks=num_tasks, max_norm=0.0, update_weights_every=1, optim_niter=20),
     }[name]()
 
 
-# (peer, densemtl method) -> (peer method name, our arguments that reproduce the peer's rule, space, note)
+# (peer, densemtl method, space) -> (peer method name, our arguments that reproduce the peer's rule, note)
 PEERS: dict[tuple[str, str, str], tuple[str, dict, str]] = {
     ("libmtl", "mgda", "param"): ("MGDA", {}, ""),
     ("libmtl", "mgda", "rep"): ("MGDA", {}, ""),
@@ -68,10 +68,16 @@ PEERS: dict[tuple[str, str, str], tuple[str, dict, str]] = {
     ("torchjd", "pcgrad", "param"): ("PCGrad", {}, "random projection order"),
     ("torchjd", "cagrad", "param"): ("CAGrad", {"c": 0.4, "rescale": 0}, "torchjd has no rescale (= rescale 0)"),
     ("torchjd", "imtl", "param"): ("IMTLG", {"variant": "G"}, ""),
-    ("torchjd", "aligned_mtl", "param"): ("AlignedMTL", {}, ""),
+    ("torchjd", "aligned_mtl", "param"): ("AlignedMTL", {}, "torchjd: B·1/T, ours B·1 (spec); compared ×1/T"),
     ("torchjd", "upgrad", "param"): ("UPGrad", {}, ""),
-    ("torchjd", "nash_mtl", "param"): ("NashMTL", {}, "torchjd: cvxpy CCCP, 20 iterations; heads own"),
+    ("torchjd", "nash_mtl", "param"): ("NashMTL", {"max_norm": 0.0}, "torchjd: cvxpy CCCP, 20 it.; no clipping"),
 }
+
+
+UPDATE_SCALE: dict[tuple[str, str, str], Callable[[int], float]] = {
+    ("torchjd", "aligned_mtl", "param"): lambda t: 1 / t,
+}
+"""Factor on our update before the agreement check, where the peer normalises the same rule differently."""
 
 
 class PeerRunner:
