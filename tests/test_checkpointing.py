@@ -32,9 +32,10 @@ def _check_whole(path) -> int:
     return ckpt["i"]
 
 
-def _save_forever(path: str, start: int, pause_in_fsync) -> None:
-    """Child: save versions start, start+1, ... to ``path``; with ``pause_in_fsync`` (an Event) it waits in
-    the fsync of the first temporary file (after the write, before the rename) and sets the event."""
+def _save_forever(path: str, start: int, pause_in_fsync, saved) -> None:
+    """Child: save versions start, start+1, ... to ``path`` and set ``saved`` after the first one; with
+    ``pause_in_fsync`` (an Event) it waits in the fsync of the first temporary file (after the write, before
+    the rename) and sets that event."""
     torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool
     if pause_in_fsync is not None:
         real = os.fsync
@@ -48,6 +49,7 @@ def _save_forever(path: str, start: int, pause_in_fsync) -> None:
     i = start
     while True:
         AtomicCheckpointIO().save_checkpoint(_payload(i), path)
+        saved.set()
         i += 1
 
 
@@ -62,25 +64,27 @@ def test_kills_at_any_moment_leave_the_old_or_the_new_file(tmp_path):
     rng = random.Random(0)
     seen, latest = set(), 0
     for round_ in range(8):
-        paused = ctx.Event() if round_ % 2 == 0 else None
-        child = ctx.Process(target=_save_forever, args=(str(path), latest + 1, paused))
+        paused, saved = (ctx.Event() if round_ % 2 == 0 else None), ctx.Event()
+        child = ctx.Process(target=_save_forever, args=(str(path), latest + 1, paused, saved))
         child.start()
         if paused is not None:  # killed between the complete temporary file and the rename
             assert paused.wait(60)
-        else:  # killed at a random moment of a stream of saves
-            time.sleep(rng.uniform(0.05, 0.4))
+        else:  # killed at a random moment of a stream of saves (after the first one)
+            assert saved.wait(60)
+            time.sleep(rng.uniform(0.0, 0.3))
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         version = _check_whole(path)
         if paused is not None:
             assert version == latest and _temporaries(tmp_path)  # the old file; the killed writer's temp
-        assert version >= latest
+        else:
+            assert version > latest
         seen.add(version)
         latest = version
     AtomicCheckpointIO().save_checkpoint(_payload(latest + 1), path)  # the next save cleans up
     assert _temporaries(tmp_path) == []
     assert _check_whole(path) == latest + 1
-    assert len(seen) > 2
+    assert len(seen) == 5  # the first version, then one new version per random-time round
 
 
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
