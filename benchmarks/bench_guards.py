@@ -8,7 +8,7 @@ Usage::
 
 Figures (median of ``--repeats`` interleaved rounds, milliseconds):
 
-* ``NonFiniteGuard`` gradient check (:func:`densemtl.guards.all_finite` over every gradient: one max-abs
+* ``NonFiniteGuard`` gradient check (:func:`densemtl.guards.all_finite` over every gradient: one L2
   ``_foreach_norm`` and one device sync) against the AdamW step on the same parameters;
 * the finiteness check of a checkpoint's weights (``FiniteModelCheckpoint``/``AtomicCheckpointIO``);
 * the atomic checkpoint write (temporary file, fsync, rename) against ``torch.save`` to the same folder
