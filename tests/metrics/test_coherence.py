@@ -419,3 +419,18 @@ def test_two_process_sync_equals_single_process(gloo_ranks):
     for result in ranks:
         for family, values in want.items():
             assert result["gt"][family] == pytest.approx(values, rel=1e-9, abs=1e-12), family
+
+
+@pytest.mark.parametrize("radius", [1.0, 1.5, 2.0, 4.4, 5.0])
+def test_grid_pair_matching_equals_kdtree_matching(radius):
+    """The grid-offset pair graph of the boundary agreement gives odsF's cKDTree matching counts exactly."""
+    from densemtl.metrics.boundary import match_counts
+    from densemtl.metrics.coherence import _grid_match_counts
+
+    rng = np.random.default_rng(int(radius * 10))
+    for density in (0.0, 0.02, 0.1, 0.4):
+        a = rng.random((37, 53)) < density
+        b = rng.random((37, 53)) < 0.05
+        expected = np.asarray(match_counts(a, b, radius), dtype=np.int64)
+        np.testing.assert_array_equal(_grid_match_counts(a, b, radius), expected)
+        np.testing.assert_array_equal(_grid_match_counts(b, a, radius), expected[[2, 3, 0, 1]])

@@ -49,10 +49,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.sparse import csr_matrix
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from densemtl.metrics.boundary import match_counts, radius_pixels, thin_stack
+from densemtl.metrics.boundary import _matched, match_counts, radius_pixels, thin_stack
 from densemtl.metrics.camera import PinholeCamera, frame_camera, working_camera
 from densemtl.metrics.edge import MAX_DIST
 from densemtl.metrics.normals import NormalsMetrics
@@ -102,6 +103,12 @@ def _cross(a: Tensor, b: Tensor) -> Tensor:
     a0, a1, a2 = a[:, 0], a[:, 1], a[:, 2]
     b0, b1, b2 = b[:, 0], b[:, 1], b[:, 2]
     return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], dim=1)
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Dot product over dim 1 of (B, 3, ...) tensors, written out: the same float32 result as ``(a * b).sum(1)``
+    (summed in the same order) without its strided reduction."""
+    return a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1] + a[:, 2] * b[:, 2]
 
 
 def _stack_cameras(cameras: Sequence[PinholeCamera], like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -154,8 +161,8 @@ def _points(depth: Tensor, cameras: Sequence[PinholeCamera]) -> tuple[Tensor, Te
 
 def _bend(before: Tensor, after: Tensor, cos_limit: float) -> Tensor:
     """(B, ...) bool: the angle between two tangent fields (B, 3, ...) exceeds the limit (or one is zero)."""
-    dot = (before * after).sum(1)
-    norms = torch.sqrt((before * before).sum(1) * (after * after).sum(1))
+    dot = _dot(before, after)
+    norms = torch.sqrt(_dot(before, before) * _dot(after, after))
     return dot <= cos_limit * norms
 
 
@@ -245,13 +252,13 @@ def normals_from_depth(
     t_u = _shifted(points, k, 0, k) - _shifted(points, k, 0, -k)
     t_v = _shifted(points, k, k, 0) - _shifted(points, k, -k, 0)
     n = _cross(t_v, t_u)
-    length = torch.sqrt((n * n).sum(1, keepdim=True))
+    length = torch.sqrt(_dot(n, n))[:, None]
     stencil = _shifted(valid, k, 0, 0)
     for dy, dx in ((0, -k), (0, k), (-k, 0), (k, 0)):
         stencil = stencil & _shifted(valid, k, dy, dx)
     good = stencil & (length[:, 0] > 0)
     n = n / length.clamp_min(1e-300)
-    facing = (n * _shifted(points, k, 0, 0)).sum(1, keepdim=True)
+    facing = _dot(n, _shifted(points, k, 0, 0))[:, None]
     n = torch.where(facing > 0, -n, n)
     normals[:, :, k:-k, k:-k] = torch.where(good[:, None], n, torch.zeros((), dtype=n.dtype))
     ok[:, k:-k, k:-k] = good
@@ -287,10 +294,10 @@ def _normal_edges_unit(n: Tensor, threshold: float) -> Tensor:
     cos_t = math.cos(math.radians(threshold))
     edge = torch.zeros_like(valid)
     if n.shape[-1] >= 3:
-        dot = (n[:, :, :, :-2] * n[:, :, :, 2:]).sum(1)
+        dot = _dot(n[:, :, :, :-2], n[:, :, :, 2:])
         edge[:, :, 1:-1] |= (dot < cos_t) & valid[:, :, :-2] & valid[:, :, 2:]
     if n.shape[-2] >= 3:
-        dot = (n[:, :, :-2] * n[:, :, 2:]).sum(1)
+        dot = _dot(n[:, :, :-2], n[:, :, 2:])
         edge[:, 1:-1] |= (dot < cos_t) & valid[:, :-2] & valid[:, 2:]
     return edge
 
@@ -328,6 +335,47 @@ def boundary_counts(semantic: np.ndarray, geometric: np.ndarray, radius: float, 
     if thin:
         maps = thin_stack(maps)
     return np.asarray(match_counts(maps[0], maps[1], radius), dtype=np.int64)
+
+
+def _grid_match_counts(semantic: np.ndarray, geometric: np.ndarray, radius: float) -> np.ndarray:
+    """:func:`boundary_counts` (``thin=False``) of two (H, W) maps, with the pair graph built on the pixel grid.
+
+    The pairs at Euclidean distance ≤ ``radius`` are found by looking up, for each semantic pixel, the
+    geometric pixels at the integer offsets (dy, dx) with dy² + dx² ≤ radius² (the test of
+    ``cKDTree.sparse_distance_matrix``), and only pixels with a partner enter the flow network. The maximum
+    matching, hence the counts, equal those of :func:`densemtl.metrics.boundary.match_counts`.
+
+    Returns:
+        int64 (4,) = (matched semantic, semantic, matched geometric, geometric) pixels.
+    """
+    sem_idx, geo_idx = np.flatnonzero(semantic), np.flatnonzero(geometric)
+    out = np.array([0, sem_idx.size, 0, geo_idx.size], np.int64)
+    if sem_idx.size == 0 or geo_idx.size == 0:
+        return out
+    h, w = semantic.shape
+    pad = int(math.floor(radius))
+    wp = w + 2 * pad
+    lookup = np.full((h + 2 * pad) * wp, -1, np.int32)  # padded grid -> geometric pixel id (-1: none)
+    lookup[(geo_idx // w + pad) * wp + geo_idx % w + pad] = np.arange(geo_idx.size, dtype=np.int32)
+    d = np.arange(-pad, pad + 1)
+    dy, dx = np.meshgrid(d, d, indexing="ij")
+    near = (dy * dy + dx * dx).astype(np.float64) <= float(radius) * float(radius)
+    offsets = (dy[near] * wp + dx[near]).astype(np.int64)
+    partners = lookup[((sem_idx // w + pad) * wp + sem_idx % w + pad)[:, None] + offsets]  # (Ns, offsets)
+    rows, cols = np.nonzero(partners >= 0)  # row-major: grouped by semantic pixel
+    if rows.size == 0:
+        return out
+    cols = partners[rows, cols]
+    sem_used = np.flatnonzero(np.bincount(rows, minlength=sem_idx.size))
+    geo_new = np.full(geo_idx.size, -1, np.int32)
+    geo_used = np.flatnonzero(np.bincount(cols, minlength=geo_idx.size))
+    geo_new[geo_used] = np.arange(geo_used.size, dtype=np.int32)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=sem_idx.size)[sem_used])])
+    graph = csr_matrix(
+        (np.ones(cols.size, np.int8), geo_new[cols], indptr), shape=(sem_used.size, geo_used.size)
+    )
+    out[0] = out[2] = _matched(graph)
+    return out
 
 
 def _tower(maps: np.ndarray, radius: float) -> np.ndarray:
@@ -399,25 +447,29 @@ class DepthNormalConsistency(NormalsMetrics):
         cameras: Sequence[PinholeCamera],
         jumps: Tensor | None = None,
         normalized: bool = False,
+        points: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         """``jumps``: this metric's :func:`depth_discontinuities` of ``depth`` when already computed;
-        ``normalized``: the normals are already unit (or zero) float32 vectors."""
+        ``normalized``: the normals are already unit (or zero) float32 vectors; ``points``: ``_points(depth,
+        cameras)`` when already computed."""
         depth = _check_depth(depth, cameras)
         if normals.dim() != 4 or normals.shape[1] != 3 or normals.shape[-2:] != depth.shape[-2:]:
             raise ValueError(
                 f"normals must be (B, 3, H, W) like depth {tuple(depth.shape)}, got {tuple(normals.shape)}"
             )
         n = normals if normalized else _unit(normals)
-        points = _points(depth, cameras)
+        points = _points(depth, cameras) if points is None else points
         derived, ok = normals_from_depth(depth, cameras, self.step, points)
         if jumps is None:
             jumps, _ = depth_discontinuities(depth, cameras, self.depth_jump, self.step, points)
         keep = ok & ~_dilate(jumps, self.margin) & (n != 0).any(1)
         # both unit: θ = 2·atan2(‖n − d‖, ‖n + d‖) (the NormalsMetrics form, without normalising again)
         diff, total = n - derived, n + derived
-        theta = 2.0 * torch.atan2(torch.sqrt((diff * diff).sum(1)), torch.sqrt((total * total).sum(1)))
-        self._accumulate(torch.rad2deg(theta.double()), keep, n)
-        self.pixels += torch.stack([_valid_depth(depth).sum().double(), keep.sum().double()])
+        # atan2 on the whole maps (its vectorised and scalar paths may differ in the last bit, so a pixel's
+        # angle must not depend on where it lands in the tensor), then only the kept pixels: (K,)
+        theta = (2.0 * torch.atan2(torch.sqrt(_dot(diff, diff)), torch.sqrt(_dot(total, total))))[keep]
+        self._accumulate(torch.rad2deg(theta.double()), torch.ones_like(theta, dtype=torch.bool), n)
+        self.pixels += torch.stack([points[1].sum().double(), torch.tensor(float(theta.numel()), dtype=torch.float64)])
 
     def compute(self) -> dict[str, Tensor]:
         out = super().compute()
@@ -520,7 +572,7 @@ class BoundaryAgreement(Metric):
             idx = [i for i in range(b) if radii[i] == radius]
             semantic_tower = _tower(thinned[idx], radius)
             geometric_tower = _tower(thinned[[b + i for i in idx]], radius)
-            total += boundary_counts(semantic_tower, geometric_tower, radius, thin=False)
+            total += _grid_match_counts(semantic_tower, geometric_tower, radius)
         self.counts += torch.from_numpy(total).to(self.counts.device)
 
     def compute(self) -> dict[str, Tensor]:
@@ -815,13 +867,14 @@ class CoherenceMetrics(nn.Module):
             if padded and normals is not None:
                 normals = torch.where(box[:, None].to(normals.device), normals, torch.zeros((), dtype=normals.dtype))
             group = self.metrics[source]
-            jumps = None  # the depth discontinuities, shared by the two families that use them
+            jumps = points = None  # points and depth discontinuities, shared by the two families that use them
             if depth is not None:
-                jumps = depth_discontinuities(depth, cameras, self.depth_jump, self.step)[0]
+                points = _points(depth, cameras)
+                jumps = depth_discontinuities(depth, cameras, self.depth_jump, self.step, points)[0]
             n = None if normals is None else _unit(normals)  # normalised once for the three families
             for name in self.families:  # a missing map (no targets when predicting) skips the family
                 if name == "depth_normal" and n is not None and depth is not None:
-                    group[name].update(n, depth, cameras, jumps, normalized=True)
+                    group[name].update(n, depth, cameras, jumps, normalized=True, points=points)
                 elif name == "boundary" and labels is not None and (depth is not None or n is not None):
                     group[name].update(labels, depth, n, cameras, sizes, jumps, normalized=True)
                 elif name == "floor_wall" and labels is not None and n is not None:
