@@ -224,7 +224,7 @@ def main(argv=None) -> None:
         args.size, args.steps, args.warmup, args.epoch_steps = (32, 32), 2, 1, 2
         args.gradient_methods = [m for m in args.gradient_methods if m in ("mgda@rep", "mgda@param")]
         args.peer_steps = 1
-        smoke_peers = {("libmtl", "mgda", "param"), ("torchjd", "upgrad", "param")}
+        smoke_peers = {("libmtl", "imtl", "rep"), ("torchjd", "upgrad", "param")}
     methods = ["ew"] + [m for m in args.methods if m != "ew"]
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -58,7 +58,7 @@ def _torchjd_aggregator(name: str, num_tasks: int) -> Callable:
 
 # (peer, densemtl method, space) -> (peer method name, our arguments that reproduce the peer's rule, note)
 PEERS: dict[tuple[str, str, str], tuple[str, dict, str]] = {
-    ("libmtl", "mgda", "param"): ("MGDA", {}, ""),
+    ("libmtl", "mgda", "param"): ("MGDA", {}, "LibMTL fails when all pair costs exceed 1e8 (hard-coded)"),
     ("libmtl", "mgda", "rep"): ("MGDA", {}, ""),
     ("libmtl", "pcgrad", "param"): ("PCGrad", {}, "random projection order (Python `random` vs our generator)"),
     ("libmtl", "cagrad", "param"): ("CAGrad", {"c": 0.4}, "LibMTL 1.1.5 hard-codes 3 tasks"),
