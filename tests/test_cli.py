@@ -174,6 +174,7 @@ def test_predict_on_a_users_folder_with_the_runs_config(demo_run, tmp_path, caps
     (photos / "album.jpg").mkdir()
     (photos / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     best = next((out / "fit" / "checkpoints").glob("best-*.ckpt"))
+    fit_config = (out / "fit" / "config.yaml").read_bytes()
     args = [
         "predict",
         f"--config={out / 'fit' / 'config.yaml'}",
@@ -189,5 +190,8 @@ def test_predict_on_a_users_folder_with_the_runs_config(demo_run, tmp_path, caps
                 assert im.size == size
     assert "corrupt.jpg" in (pred_dir / "skipped.txt").read_text()
     assert not (out / "fit" / "predictions").exists()  # nothing written into the training run
+    # the run's config names its logger folder: predict's config goes beside the training run's, never over it
+    assert (out / "fit" / "config.yaml").read_bytes() == fit_config
+    assert "predict" in (out / "fit" / "config-predict.yaml").read_text()
     with pytest.raises(ValueError, match=r"1 file\(s\) cannot be read:\n.*corrupt\.jpg"):
         main([*args, "--data.predict_strict=true"])

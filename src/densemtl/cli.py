@@ -31,6 +31,7 @@ from densemtl.data.datamodule import MultiTaskDataModule
 from densemtl.engine import MultiTaskModule
 from densemtl.guards import NonFiniteGuard
 from densemtl.interrupts import GracefulInterrupt
+from densemtl.run_config import KeepingConfigCallback
 
 __all__ = ["DenseMTLCLI", "main"]
 
@@ -164,6 +165,7 @@ def _make_cli(args: list[str] | None, run: bool) -> DenseMTLCLI:
             "default_root_dir": "runs",
             "callbacks": [LearningRateMonitor(logging_interval="step"), GracefulInterrupt(), RandomState()],
         },
+        save_config_callback=KeepingConfigCallback,  # never replaces another command's config.yaml
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,

@@ -238,7 +238,7 @@ def test_recompute_out_gives_the_same_outputs_gradients_and_running_stats():
     plain = CTALBlock(3, 6, (4, 5), channels=8, impl="linear").double()
     lean = CTALBlock(3, 6, (4, 5), channels=8, impl="linear", recompute_out=True).double()
     lean.load_state_dict(plain.state_dict())
-    for step in range(2):
+    for _step in range(2):
         xs = [torch.randn(2, 6, 4, 5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
         xs_lean = [x.detach().clone().requires_grad_(True) for x in xs]
         ups = [torch.randn(2, 8, 8, 10, dtype=torch.float64) for _ in range(3)]
@@ -264,4 +264,5 @@ def test_recompute_out_defaults_to_the_linear_form_only():
     linear = CTALBlock(2, 4, (3, 4), channels=4, impl="linear")
     direct = CTALBlock(2, 4, (3, 4), channels=4, impl="direct")
     assert all(c.recompute for c in linear.conv_out) and not any(c.recompute for c in direct.conv_out)
-    assert not any(c.recompute for c in CTALBlock(2, 4, (3, 4), channels=4, impl="linear", recompute_out=False).conv_out)
+    forced_off = CTALBlock(2, 4, (3, 4), channels=4, impl="linear", recompute_out=False)
+    assert not any(c.recompute for c in forced_off.conv_out)
