@@ -111,6 +111,31 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1] + a[:, 2] * b[:, 2]
 
 
+def _nonzero(n: Tensor) -> Tensor:
+    """(B, H, W) bool: the vector field (B, 3, H, W) is not zero (``(n != 0).any(1)``, written out)."""
+    return (n[:, 0] != 0) | (n[:, 1] != 0) | (n[:, 2] != 0)
+
+
+def _argmax_classes(scores: Tensor) -> Tensor:
+    """``scores.argmax(1)`` of (B, C, H, W) scores (the first maximum wins; a NaN counts as the maximum).
+
+    On CPU, ``argmax(1)`` of a contiguous (B, C, H, W) tensor is a strided reduction, several times slower than
+    a running maximum over the C planes, which is used then; channels-last scores keep ``argmax``.
+    """
+    if scores.shape[1] < 2 or scores.stride(1) == 1 or scores.device.type != "cpu":
+        return scores.argmax(1)
+    best = scores[:, 0]
+    index = torch.zeros(best.shape, dtype=torch.long, device=scores.device)
+    for k in range(1, scores.shape[1]):
+        higher = scores[:, k] > best
+        best = torch.maximum(best, scores[:, k])  # NaN propagates, so pixels with a NaN are found below
+        index.masked_fill_(higher, k)
+    nan = torch.isnan(best)
+    if bool(nan.any()):
+        index[nan] = scores.permute(0, 2, 3, 1)[nan].argmax(-1)
+    return index
+
+
 def _stack_cameras(cameras: Sequence[PinholeCamera], like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(B, 1, 1) fx, fy, cx, cy tensors of ``cameras`` (dtype and device of ``like``)."""
     values = torch.tensor([[c.fx, c.fy, c.cx, c.cy] for c in cameras], dtype=like.dtype, device=like.device)
@@ -290,7 +315,7 @@ def normal_edges(normals: Tensor, threshold: float = DEFAULT_NORMAL_EDGE) -> Ten
 
 def _normal_edges_unit(n: Tensor, threshold: float) -> Tensor:
     """:func:`normal_edges` of unit (or zero) normals (B, 3, H, W)."""
-    valid = (n != 0).any(1)
+    valid = _nonzero(n)
     cos_t = math.cos(math.radians(threshold))
     edge = torch.zeros_like(valid)
     if n.shape[-1] >= 3:
@@ -462,7 +487,7 @@ class DepthNormalConsistency(NormalsMetrics):
         derived, ok = normals_from_depth(depth, cameras, self.step, points)
         if jumps is None:
             jumps, _ = depth_discontinuities(depth, cameras, self.depth_jump, self.step, points)
-        keep = ok & ~_dilate(jumps, self.margin) & (n != 0).any(1)
+        keep = ok & ~_dilate(jumps, self.margin) & _nonzero(n)
         # both unit: θ = 2·atan2(‖n − d‖, ‖n + d‖) (the NormalsMetrics form, without normalising again)
         diff, total = n - derived, n + derived
         # atan2 on the whole maps (its vectorised and scalar paths may differ in the last bit, so a pixel's
@@ -650,7 +675,7 @@ class FloorWallAgreement(Metric):
                 f"and {tuple(normals.shape)}"
             )
         n = normals if normalized else _unit(normals)
-        has_normal = (n != 0).any(1)
+        has_normal = _nonzero(n)
         floor = _any_of(labels, self.floor_ids) & has_normal
         wall = _any_of(labels, self.wall_ids) & has_normal
         used = (floor | wall).sum((1, 2)) >= self.min_pixels
@@ -658,9 +683,10 @@ class FloorWallAgreement(Metric):
             return
         n, floor, wall = n[used], floor[used], wall[used]
         g = self._gravity(n, floor, wall)[:, :, None, None]
-        dot = (n * g).sum(1)
-        cross = _cross(n, g.expand_as(n))
-        sin = torch.sqrt((cross * cross).sum(1))  # |n × g|: no cancellation near 0° (unlike sqrt(1 − dot²))
+        dot = _dot(n, g)
+        g0, g1, g2 = g[:, 0], g[:, 1], g[:, 2]
+        c0, c1, c2 = n[:, 1] * g2 - n[:, 2] * g1, n[:, 2] * g0 - n[:, 0] * g2, n[:, 0] * g1 - n[:, 1] * g0  # n × g
+        sin = torch.sqrt(c0 * c0 + c1 * c1 + c2 * c2)  # |n × g|: no cancellation near 0° (unlike sqrt(1 − dot²))
         floor_angle = torch.rad2deg(torch.atan2(sin, dot))  # angle(n, g)
         wall_angle = torch.rad2deg(torch.atan2(dot.abs(), sin))  # |90° − angle(n, g)|
         zero = torch.zeros((), dtype=dot.dtype, device=dot.device)
@@ -839,7 +865,7 @@ class CoherenceMetrics(nn.Module):
                 if p.shape[-2:] != tuple(size):
                     p = F.interpolate(p.float(), size=tuple(size), mode="bilinear", align_corners=False)
                 if task == "semseg":
-                    p = p.argmax(1)
+                    p = _argmax_classes(p)
             out[task] = p
         return out
 
