@@ -175,6 +175,7 @@ def test_predict_on_a_users_folder_with_the_runs_config(demo_run, tmp_path, caps
     (photos / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     best = next((out / "fit" / "checkpoints").glob("best-*.ckpt"))
     fit_config = (out / "fit" / "config.yaml").read_bytes()
+    fit_hparams = (out / "fit" / "hparams.yaml").read_bytes()
     args = [
         "predict",
         f"--config={out / 'fit' / 'config.yaml'}",
@@ -192,6 +193,7 @@ def test_predict_on_a_users_folder_with_the_runs_config(demo_run, tmp_path, caps
     assert not (out / "fit" / "predictions").exists()  # nothing written into the training run
     # the run's config names its logger folder: predict's config goes beside the training run's, never over it
     assert (out / "fit" / "config.yaml").read_bytes() == fit_config
+    assert (out / "fit" / "hparams.yaml").read_bytes() == fit_hparams
     assert "predict" in (out / "fit" / "config-predict.yaml").read_text()
     with pytest.raises(ValueError, match=r"1 file\(s\) cannot be read:\n.*corrupt\.jpg"):
         main([*args, "--data.predict_strict=true"])
