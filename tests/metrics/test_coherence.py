@@ -434,3 +434,17 @@ def test_grid_pair_matching_equals_kdtree_matching(radius):
         expected = np.asarray(match_counts(a, b, radius), dtype=np.int64)
         np.testing.assert_array_equal(_grid_match_counts(a, b, radius), expected)
         np.testing.assert_array_equal(_grid_match_counts(b, a, radius), expected[[2, 3, 0, 1]])
+
+
+def test_argmax_of_classes_equals_torch_argmax():
+    """The running-maximum argmax of the predicted labels equals ``torch.argmax``: ties, ±inf and NaN."""
+    from densemtl.metrics.coherence import _argmax_classes
+
+    scores = torch.randint(0, 3, (3, 5, 6, 7)).float()  # many ties: the first maximum wins
+    scores[0, 2, 3, 4] = float("nan")
+    scores[1, :, 1, 1] = float("nan")
+    scores[2, 3, 2, 2], scores[2, 1, 4, 4] = float("inf"), -float("inf")
+    for s in (scores, scores.to(memory_format=torch.channels_last)):
+        labels = _argmax_classes(s)
+        assert torch.equal(labels, s.argmax(1))
+    assert int(labels[0, 3, 4]) == 2 and int(labels[1, 1, 1]) == 0
