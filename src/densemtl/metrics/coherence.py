@@ -184,10 +184,15 @@ def _points(depth: Tensor, cameras: Sequence[PinholeCamera]) -> tuple[Tensor, Te
     return torch.stack([(u - cx) / fx * z, (v - cy) / fy * z, z], dim=1), valid
 
 
-def _bend(before: Tensor, after: Tensor, cos_limit: float) -> Tensor:
-    """(B, ...) bool: the angle between two tangent fields (B, 3, ...) exceeds the limit (or one is zero)."""
+def _bend(steps: Tensor, k: int, cos_limit: float) -> Tensor:
+    """(B, H, W) bool: the backward and forward tangents along the last axis bend by more than the limit (or one
+    is zero). ``steps`` (B, 3, H, W + k) holds P(j + k) − P(j), so pixel x has the backward tangent ``steps[x]``
+    and the forward one ``steps[x + k]``; each difference and squared length is computed once for both."""
+    w = steps.shape[-1] - k
+    before, after = steps[..., :w], steps[..., k:]
+    squared = _dot(steps, steps)
     dot = _dot(before, after)
-    norms = torch.sqrt(_dot(before, before) * _dot(after, after))
+    norms = torch.sqrt(squared[..., :w] * squared[..., k:])
     return dot <= cos_limit * norms
 
 
@@ -233,11 +238,12 @@ def depth_discontinuities(
     points = F.pad(points, (k, k, k, k))
     valid = F.pad(valid, (k, k, k, k))
     cos_limit = math.cos(math.radians(threshold))
-    c = _shifted(points, k, 0, 0)
+    hp, wp = points.shape[-2:]
     ok_u = _shifted(valid, k, 0, -k) & _shifted(valid, k, 0, k)
     ok_v = _shifted(valid, k, -k, 0) & _shifted(valid, k, k, 0)
-    bend_u = _bend(c - _shifted(points, k, 0, -k), _shifted(points, k, 0, k) - c, cos_limit) & ok_u
-    bend_v = _bend(c - _shifted(points, k, -k, 0), _shifted(points, k, k, 0) - c, cos_limit) & ok_v
+    rows, cols = points[..., k : hp - k, :], points[..., :, k : wp - k]  # the image rows / columns, padded
+    bend_u = _bend(rows[..., k:] - rows[..., :-k], k, cos_limit) & ok_u
+    bend_v = _bend((cols[..., k:, :] - cols[..., :-k, :]).transpose(-1, -2), k, cos_limit).transpose(-1, -2) & ok_v
     centre = _shifted(valid, k, 0, 0)
     return (bend_u | bend_v) & centre, centre & ok_u & ok_v
 
