@@ -29,19 +29,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from densemtl.data.synthetic.camera import NYU_INTRINSICS, NYU_SIZE, Intrinsics
+
 __all__ = ["NYU_CAMERA", "NYUD_CROPS", "PinholeCamera", "frame_camera", "working_camera"]
 
 
 @dataclass(frozen=True)
-class PinholeCamera:
-    """Pinhole intrinsics in pixels of a (height, width) image; pixel index = sampling position."""
+class PinholeCamera(Intrinsics):
+    """Pinhole intrinsics in pixels of a (height, width) image; pixel index = sampling position.
 
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    height: int
-    width: int
+    The synthetic generator's :class:`~densemtl.data.synthetic.camera.Intrinsics` (same fields and
+    convention), validated, and with the scaling and cropping the metrics need.
+    """
 
     def __post_init__(self) -> None:
         if not (self.fx > 0 and self.fy > 0):
@@ -60,7 +59,7 @@ class PinholeCamera:
         return PinholeCamera(self.fx, self.fy, self.cx - left, self.cy - top, int(size[0]), int(size[1]))
 
 
-NYU_CAMERA = PinholeCamera(518.86, 519.47, 325.58, 253.74, 480, 640)
+NYU_CAMERA = PinholeCamera(*NYU_INTRINSICS, *NYU_SIZE)
 """NYU Depth v2 colour camera at 480×640 (NYU toolbox ``camera_params.m``; ``spec/protocols.md`` §7.1)."""
 
 NYUD_CROPS: dict[tuple[int, int], tuple[int, int]] = {(425, 560): (45, 40)}
