@@ -13,29 +13,17 @@ import hashlib
 
 import pytest
 import torch
-import torch.distributed as dist
+from engine_steps import average_gradients, start_training, synthetic_batch
 
 from densemtl.engine import MultiTaskModule
-from densemtl.weighting import TrainInfo
 
 TASKS = ["semseg", "depth", "normals"]
 STEPS, HALF = 2, 2
 METHODS = ["mgda", "pcgrad", "nash_mtl"]
 
 
-def _sample(i: int, h: int = 12, w: int = 12) -> dict:
-    g = torch.Generator().manual_seed(2000 + i)
-    return {
-        "image": torch.randn(3, h, w, generator=g),
-        "semseg": torch.randint(0, 3, (h, w), generator=g),
-        "depth": torch.rand(1, h, w, generator=g) * 4 + 0.5,
-        "normals": torch.nn.functional.normalize(torch.randn(3, h, w, generator=g), dim=0),
-    }
-
-
 def _batch(indices) -> dict:
-    samples = [_sample(i) for i in indices]
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    return synthetic_batch(indices, seed=2000)
 
 
 def _train(name: str, rank: int, world: int) -> dict:
@@ -54,12 +42,7 @@ def _train(name: str, rank: int, world: int) -> dict:
         lr=0.1,
         log_images=0,
     )
-    module.log = module.log_dict = lambda *a, **k: None
-    module.weighting.on_train_start(TrainInfo(tasks=tuple(TASKS), world_size=world, seed=3))
-    module.train()
-    for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
+    start_training(module, TASKS, world)
     optimizer = module.configure_optimizers()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     before = [p.detach().clone() for p in params]
@@ -70,11 +53,7 @@ def _train(name: str, rank: int, world: int) -> dict:
         batch = _batch(local)
         optimizer.zero_grad()
         module.training_step(batch, step).backward()
-        if world > 1:  # DDP's gradient averaging
-            for p in params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= world
+        average_gradients(params, world)
         max_norm = float(getattr(module.weighting, "max_norm", 0.0) or 0.0)
         if max_norm > 0:  # the engine's configure_gradient_clipping (Nash-MTL's built-in clipping)
             torch.nn.utils.clip_grad_norm_(list(module.model.shared_parameters()), max_norm)

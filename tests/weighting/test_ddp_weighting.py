@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
+from engine_steps import average_gradients, start_training, synthetic_batch
 
 from densemtl.engine import MultiTaskModule
-from densemtl.weighting import TrainInfo
 
 TASKS = ["semseg", "depth", "normals"]
 EPOCHS, STEPS, HALF = 3, 2, 2
@@ -29,21 +28,8 @@ CONFIGS = {  # name: (method, arguments, mirrored halves)
 TOLERANCE = {"dwa": 1e-6, "lps_none": 1e-6, "lps_log1p": 1e-6, "famo": 1e-5}
 
 
-def _sample(i: int, h: int = 12, w: int = 12) -> dict:
-    g = torch.Generator().manual_seed(1000 + i)
-    image = torch.randn(3, h, w, generator=g)
-    normals = torch.nn.functional.normalize(torch.randn(3, h, w, generator=g), dim=0)
-    return {
-        "image": image,
-        "semseg": torch.randint(0, 3, (h, w), generator=g),
-        "depth": torch.rand(1, h, w, generator=g) * 4 + 0.5,
-        "normals": normals,
-    }
-
-
 def _batch(indices) -> dict:
-    samples = [_sample(i) for i in indices]
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    return synthetic_batch(indices, seed=1000)
 
 
 def _train(config: str, rank: int, world: int) -> dict:
@@ -61,12 +47,7 @@ def _train(config: str, rank: int, world: int) -> dict:
         lr=1e-3,
         log_images=0,
     )
-    module.log = module.log_dict = lambda *a, **k: None
-    module.weighting.on_train_start(TrainInfo(tasks=tuple(TASKS), world_size=world, seed=3, family="nyud"))
-    module.train()
-    for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
+    start_training(module, TASKS, world, family="nyud")
     optimizer = module.configure_optimizers()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for step in range(EPOCHS * STEPS):
@@ -80,11 +61,7 @@ def _train(config: str, rank: int, world: int) -> dict:
         batch = _batch(local)
         optimizer.zero_grad()
         module.training_step(batch, step).backward()
-        if world > 1:  # DDP's gradient averaging
-            for p in params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= world
+        average_gradients(params, world)
         optimizer.step()
         module.on_train_batch_end(None, batch, step)
         if step % STEPS == STEPS - 1:

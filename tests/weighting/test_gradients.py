@@ -7,6 +7,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from engine_steps import synthetic_batch, synthetic_sample
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -19,19 +20,12 @@ from densemtl.weighting.gradients import GradientSpace
 TASKS = ["semseg", "depth", "normals"]
 
 
-def _sample(i: int, h: int = 12, w: int = 12) -> dict:
-    g = torch.Generator().manual_seed(100 + i)
-    return {
-        "image": torch.randn(3, h, w, generator=g),
-        "semseg": torch.randint(0, 3, (h, w), generator=g),
-        "depth": torch.rand(1, h, w, generator=g) * 4 + 0.5,
-        "normals": torch.nn.functional.normalize(torch.randn(3, h, w, generator=g), dim=0),
-    }
+def _sample(i: int) -> dict:
+    return synthetic_sample(i, seed=100)
 
 
 def _batch(indices) -> dict:
-    samples = [_sample(i) for i in indices]
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    return synthetic_batch(indices, seed=100)
 
 
 def _module(weighting: str = "mgda", args: dict | None = None, arch: str = "hps", **kw) -> MultiTaskModule:
