@@ -38,8 +38,10 @@ from densemtl.tasks import get_task
 from densemtl.viz import grid, to_display
 from densemtl.weighting import Kind, StepContext, TrainInfo, Weighting, build_weighting
 from densemtl.weighting.base import EpochStats, StepEnd, task_objective_terms
+from densemtl.weighting.ddp_sync import ParamSpaceSync
 from densemtl.weighting.epoch_stats import EpochAccumulator, reduce_mean
-from densemtl.weighting.gradients import GradientSpace, GradientStep, gradient_step
+from densemtl.weighting.gradient_method import GradientWeighting
+from densemtl.weighting.gradients import GradientSpace, GradientStep, MicroBatch, RowAccumulator, gradient_step
 from densemtl.weighting.trajectory import WeightTrajectory, save_figure
 
 __all__ = ["MultiTaskModule", "build_from_registry"]
@@ -190,9 +192,22 @@ class MultiTaskModule(L.LightningModule):
         self.keep_gradients = False  # keep the last step's rows and Gramian in ``last_gradients`` (tests)
         self.last_gradients: GradientStep | None = None
         self._branches: dict[str, Any] | None = None
+        self._rows = RowAccumulator()  # exact gradient accumulation over a window's micro-batches
+        self._window = MicroBatch()
+        self._param_sync = ParamSpaceSync()  # DDP: param-space steps bypass the reducer (§1.7 rule 5)
         ignored = getattr(self.weighting, "ddp_ignored_parameters", ())
         if ignored:
             self._ddp_params_and_buffers_to_ignore = [f"weighting.{n}" for n in ignored]
+
+    def setup(self, stage: str) -> None:
+        # trainer.log_dir is a collective under DDP (rank 0 broadcasts it): read it here, on every rank, and
+        # never later inside a rank-0-only branch, where it would wait forever for the other ranks
+        self._run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+    def _output_dir(self) -> Path:
+        """The run folder (``trainer.log_dir``, else ``default_root_dir``) read in :meth:`setup`."""
+        run_dir = getattr(self, "_run_dir", None)
+        return run_dir if run_dir is not None else Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
     # ------------------------------------------------------------------ forward / training
     def forward(self, images: Tensor):  # noqa: D401 - Lightning hook
@@ -204,6 +219,19 @@ class MultiTaskModule(L.LightningModule):
             raise ValueError(
                 f"weighting {self.hparams.weighting!r} needs a post-step forward after every optimiser step; "
                 f"trainer.accumulate_grad_batches must be 1, got {trainer.accumulate_grad_batches}"
+            )
+        if (
+            isinstance(self.weighting, GradientWeighting)
+            and self.weighting.space == "rep"
+            and self.weighting.accumulation == "exact"
+            and trainer.accumulate_grad_batches != 1
+        ):
+            raise ValueError(
+                f"weighting {self.hparams.weighting!r} in rep space cannot accumulate gradients exactly "
+                f"(trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}): its update of the encoder needs "
+                "every micro-batch's graph until the weights are known. Use weighting_args {space: param} (exact "
+                "accumulation), {accumulation: per_micro_batch} (each micro-batch aggregated on its own), or "
+                "accumulate_grad_batches: 1"
             )
         self.weighting.on_train_start(
             TrainInfo(
@@ -219,12 +247,42 @@ class MultiTaskModule(L.LightningModule):
     def _step_context(self) -> StepContext:
         return StepContext(epoch=self.current_epoch, step=self.global_step + 1, generator=self.weighting.generator)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # before the forward pass: under DDP a param-space gradient step keeps the reducer out (§1.7 rule 5)
+        if self._param_space_step(self.weighting.needs(self._step_context())):
+            self._param_sync.begin(self.trainer.strategy)
+        else:
+            self._param_sync.restore()
+
+    def on_after_backward(self) -> None:
+        if self._window.final and self._param_sync.active:
+            shared = self._gradient_space.shared if self._gradient_space is not None else ()
+            self._param_sync.finish(self, shared)
+
+    def _param_space_step(self, kind: Kind) -> bool:
+        return kind in GRADIENT_KINDS and getattr(self.weighting, "space", None) == "param"
+
+    def _micro_batch(self, batch_idx: int) -> MicroBatch:
+        """This batch's place in its accumulation window (Lightning's own decision of when it steps)."""
+        k = int(self.trainer.accumulate_grad_batches) if self._trainer is not None else 1
+        if k == 1:
+            return MicroBatch()
+        loop = self.trainer.fit_loop.epoch_loop
+        should_accumulate = getattr(loop, "_should_accumulate", None)
+        final = not should_accumulate() if callable(should_accumulate) else (batch_idx + 1) % k == 0
+        return MicroBatch(count=k, final=final)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         ctx = self._step_context()
         kind = self.weighting.needs(ctx)
         if kind not in LOSS_KINDS and kind not in GRADIENT_KINDS:
             raise NotImplementedError(f"weighting kind {kind.value!r} is not supported by the engine yet")
         self._step_before = self.global_step
+        self._window = self._micro_batch(batch_idx)
+        exact = self._window.count > 1 and getattr(self.weighting, "accumulation", None) == "exact"
+        exact = exact and self._param_space_step(kind)
+        if exact and batch_idx % self._window.count == 0:  # Lightning zeroes the gradients here too
+            self._rows.reset()
         # gradient methods on models with independent heads: heads read detached copies of rep
         detach = kind in GRADIENT_KINDS and self._detached_branches()
         with detached_branches(detach) as branches:
@@ -235,10 +293,13 @@ class MultiTaskModule(L.LightningModule):
             return None
         if self.weighting.uses_loss_values:
             terms = task_objective_terms(losses.main, losses.aux, self.tasks)
-            ctx.loss_values = reduce_mean(torch.stack([terms[t].detach().float() for t in self.tasks]))
+            values = torch.stack([terms[t].detach().float() for t in self.tasks])
+            if exact:  # the window's mean, reduced once on its last micro-batch
+                values = self._rows.add_loss_values(values)
+            ctx.loss_values = reduce_mean(values) if self._window.final or not exact else values
         effective = None
         if kind in GRADIENT_KINDS:
-            grad_step = self._gradient_step(output, losses, ctx, kind)
+            grad_step = self._gradient_step(output, losses, ctx, kind, self._rows if exact else None)
             objective, weights, shown = grad_step.objective, grad_step.weights, grad_step.total
             effective = grad_step.effective
         else:
@@ -250,12 +311,13 @@ class MultiTaskModule(L.LightningModule):
         stats = self.weighting.statistics(losses.main, losses.aux)
         stats["loss"] = torch.stack([losses.main[t].detach().float() for t in self.tasks])
         self._epoch_stats.update(stats, batch_size)
-        self._trajectory.record(weights)
+        if weights is not None:  # None before the last micro-batch of an exact accumulation window
+            self._trajectory.record(weights)
         if self.train_metrics is not None:
             self.train_metrics.update({t: p.detach() for t, p in output.preds.items()}, batch)
         self._post_step_batch = batch if kind is Kind.LOSSES_POST_STEP else None
         logged = {f"loss/{t}": losses.main[t].detach() for t in self.tasks}
-        logged.update({f"weight/{t}": torch.as_tensor(w).detach().float() for t, w in weights.items()})
+        logged.update({f"weight/{t}": torch.as_tensor(w).detach().float() for t, w in (weights or {}).items()})
         if effective is not None:
             logged.update({f"weight_eff/{t}": w.float() for t, w in effective.items()})
         logged.update({f"wdiag/{k}": v.detach().float() for k, v in self.weighting.diagnostics().items()})
@@ -270,7 +332,9 @@ class MultiTaskModule(L.LightningModule):
             getattr(self.model, "independent_branches", False)
         )
 
-    def _gradient_step(self, output: Any, losses: Any, ctx: StepContext, kind: Kind) -> GradientStep:
+    def _gradient_step(
+        self, output: Any, losses: Any, ctx: StepContext, kind: Kind, accumulator: RowAccumulator | None
+    ) -> GradientStep:
         """Rows, Gramian and aggregation of a gradient method (``weighting/gradients.py``); the returned
         objective's ordinary backward delivers the aggregated gradient (automatic optimisation unchanged)."""
         if self._gradient_space is None:
@@ -288,6 +352,8 @@ class MultiTaskModule(L.LightningModule):
             kind,
             scale=scale,
             branches=self._branches,
+            window=self._window,
+            accumulator=accumulator,
         )
         self._branches = None
         self.last_gradients = step if self.keep_gradients else None
@@ -371,8 +437,7 @@ class MultiTaskModule(L.LightningModule):
         if trainer is None or not trainer.is_global_zero or trainer.sanity_checking or trainer.fast_dev_run:
             return  # fast_dev_run writes no artefacts (as Lightning's loggers and checkpoints)
         fig = self._trajectory.figure(title=f"weighting: {self.hparams.weighting}")
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        save_figure(fig, out_dir / WEIGHTS_PNG)
+        save_figure(fig, self._output_dir() / WEIGHTS_PNG)
         experiment = getattr(self.logger, "experiment", None)
         if experiment is not None and hasattr(experiment, "add_figure"):
             experiment.add_figure("weights/trajectory", fig, self.global_step, close=False)
@@ -419,7 +484,7 @@ class MultiTaskModule(L.LightningModule):
         result = self._finish_eval(self.test_metrics, "test")
         coherence = finish_coherence(self.test_coherence)
         if self.trainer.is_global_zero:
-            out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            out_dir = self._output_dir()
             delta = result["delta_m"]
             json_path, md_path = write_results(
                 result["metrics"],
@@ -470,7 +535,7 @@ class MultiTaskModule(L.LightningModule):
         """Cross-task coherence of the predictions (no labels needed): ``predict_metrics.json/.md``."""
         coherence = finish_coherence(self.test_coherence)
         if coherence and self.trainer.is_global_zero:
-            out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            out_dir = self._output_dir()
             extra = {"tasks": list(self.tasks), "arch": self.hparams.arch, "family": self.family}
             write_results({}, out_dir, name="predict", extra=extra, coherence=coherence)
 

@@ -1,32 +1,81 @@
-"""DDP (2 gloo CPU processes) for gradient methods: per-task rows are averaged over ranks *before* the Gramian,
-so every rank computes the same weights and the same parameter update, equal to one process on the global batch.
+"""DDP through Lightning (2 gloo CPU processes, ``DDPStrategy``) for gradient methods (``spec/weighting.md`` §1.7).
 
-Each rank runs the engine's ``training_step`` (rows, all-reduce, Gramian, aggregation) and the backward of the
-returned objective; gradients are then averaged over ranks as DDP's reducer does (the shared update is identical
-on both ranks, so the average leaves it unchanged). Normalisation layers are in eval mode, so per-rank and global
-batches see the same per-sample computation; per-rank batches are equal halves of the global batch.
+- Per-task rows are averaged over ranks *before* the Gramian, so both ranks compute bitwise-identical weights
+  and parameter updates, equal to one process on the global batch.
+- Param space keeps DDP's reducer out of the step: the shared update is written identically on every rank and is
+  not all-reduced a second time (a counting communication hook sees no bucket); the task-specific gradients are
+  averaged once, explicitly. Rep space uses DDP's ordinary synchronised backward (the hook sees its buckets).
+- Exact accumulation under DDP: 2 ranks x 2 micro-batches of 1 sample equal one process on batches of 4.
+
+Normalisation layers are frozen (eval), so per-rank and global batches see the same per-sample computation.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 
+import lightning as L
 import pytest
 import torch
-from engine_steps import average_gradients, start_training, synthetic_batch
+from engine_steps import synthetic_sample
+from torch.utils.data import DataLoader
 
 from densemtl.engine import MultiTaskModule
 
 TASKS = ["semseg", "depth", "normals"]
-STEPS, HALF = 2, 2
-METHODS = ["mgda", "pcgrad", "nash_mtl"]
+STEPS, GLOBAL_BATCH = 2, 4
+CASES = {
+    "mgda": ({"space": "param"}, 1),
+    "pcgrad": ({"space": "param"}, 1),
+    "nash_mtl": ({"space": "param"}, 1),
+    "mgda_rep": ({"space": "rep"}, 1),
+    "nash_mtl_accumulated": ({"space": "param"}, 2),
+}
 
 
-def _batch(indices) -> dict:
-    return synthetic_batch(indices, seed=2000)
+class _FrozenNorm(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        for m in pl_module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
-def _train(name: str, rank: int, world: int) -> dict:
+class _CommCount(L.Callback):
+    """Registers a DDP communication hook that counts the buckets DDP's reducer all-reduces (Lightning's own
+    ``ddp_comm_hook`` option registers hooks on CUDA only)."""
+
+    def __init__(self) -> None:
+        self.buckets = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        trainer.strategy.model.register_comm_hook(self, _counting_allreduce)
+
+
+def _counting_allreduce(state: _CommCount, bucket):
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    state.buckets += 1
+    return allreduce_hook(None, bucket)
+
+
+def _samples(rank: int, world: int, accumulate: int) -> tuple[list[dict], int]:
+    """This rank's samples in loader order: global step s covers indices [s·G, (s+1)·G), split into
+    ``accumulate`` micro-batches and each micro-batch into ``world`` equal rank shares."""
+    share = GLOBAL_BATCH // (world * accumulate)
+    order = []
+    for step in range(STEPS):
+        for micro in range(accumulate):
+            start = step * GLOBAL_BATCH + micro * share * world + rank * share
+            order += range(start, start + share)
+    return [synthetic_sample(i, seed=2000) for i in order], share
+
+
+def _fit(case: str, rank: int, world: int) -> dict:
+    args, accumulate = CASES[case]
+    if world == 1:
+        accumulate = 1  # the reference: one process, the whole global batch in one step
+    method = case.split("_rep")[0].split("_accumulated")[0]
     torch.manual_seed(0)
     module = MultiTaskModule(
         tasks=TASKS,
@@ -34,7 +83,8 @@ def _train(name: str, rank: int, world: int) -> dict:
         family="nyud",
         arch="hps",
         arch_args={"pretrained": None, "neck_channels": 8, "head_channels": 8},
-        weighting=name,
+        weighting=method,
+        weighting_args=args,
         scheduler="none",
         optimizer="sgd",
         momentum=0.0,
@@ -42,23 +92,32 @@ def _train(name: str, rank: int, world: int) -> dict:
         lr=0.1,
         log_images=0,
     )
-    start_training(module, TASKS, world)
-    optimizer = module.configure_optimizers()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    params = list(module.model.parameters())
     before = [p.detach().clone() for p in params]
-    for step in range(STEPS):
-        local = list(range(step * 2 * HALF, (step + 1) * 2 * HALF))
-        if world > 1:
-            local = local[rank * HALF : (rank + 1) * HALF]
-        batch = _batch(local)
-        optimizer.zero_grad()
-        module.training_step(batch, step).backward()
-        average_gradients(params, world)
-        max_norm = float(getattr(module.weighting, "max_norm", 0.0) or 0.0)
-        if max_norm > 0:  # the engine's configure_gradient_clipping (Nash-MTL's built-in clipping)
-            torch.nn.utils.clip_grad_norm_(list(module.model.shared_parameters()), max_norm)
-        optimizer.step()
-        module.on_train_batch_end(None, batch, step)
+    comm = _CommCount()
+    if world > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE=str(world))
+        strategy = DDPStrategy(process_group_backend="gloo")
+    else:
+        strategy = "auto"
+    samples, share = _samples(rank, world, accumulate)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=world,
+        strategy=strategy,
+        max_steps=STEPS,
+        accumulate_grad_batches=accumulate,
+        use_distributed_sampler=False,
+        callbacks=[_FrozenNorm(), comm] if world > 1 else [_FrozenNorm()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, DataLoader(samples, batch_size=share, shuffle=False))
     module._trajectory.flush()
     delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)]).double()
     probe = torch.randn(delta.numel(), generator=torch.Generator().manual_seed(9), dtype=torch.float64)
@@ -67,20 +126,27 @@ def _train(name: str, rank: int, world: int) -> dict:
         "hash": hashlib.sha256(delta.numpy().tobytes()).hexdigest(),
         "norm": float(delta.norm()),
         "probe": float(delta @ probe),
+        "buckets": comm.buckets,
     }
 
 
-def _train_all(rank: int, world: int) -> dict:
-    return {name: _train(name, rank, world) for name in METHODS}
+def _fit_all(rank: int, world: int) -> dict:
+    torch.set_num_threads(1)
+    return {case: _fit(case, rank, world) for case in CASES}
 
 
-def test_two_ranks_identical_weights_and_update_equal_to_one_process(gloo_ranks):
-    ranks = gloo_ranks(_train_all, world=2, timeout=240)
-    for name in METHODS:
-        r0, r1 = ranks[0][name], ranks[1][name]
-        assert r0 == r1, name  # bitwise identical weights and parameter update on both ranks
-        single = _train(name, 0, 1)
-        assert torch.tensor(r0["weights"]) == pytest.approx(torch.tensor(single["weights"]), rel=1e-5, abs=1e-7), name
-        assert r0["norm"] == pytest.approx(single["norm"], rel=1e-5), name
-        assert r0["probe"] == pytest.approx(single["probe"], abs=1e-5 * single["norm"]), name
+def test_lightning_ddp_identical_ranks_equal_one_process_and_no_second_allreduce(gloo_ranks):
+    ranks = gloo_ranks(_fit_all, world=2, timeout=300)
+    for case, (args, _) in CASES.items():
+        r0, r1 = ranks[0][case], ranks[1][case]
+        assert r0 == r1, case  # bitwise identical weights and parameter update on both ranks
+        assert len(r0["weights"]) == STEPS, case  # one weight row per optimiser step, also when accumulating
+        if args["space"] == "param":
+            assert r0["buckets"] == 0, case  # the reducer never ran: u is not all-reduced a second time
+        else:
+            assert r0["buckets"] > 0, case  # rep space: DDP's ordinary synchronised backward
+        single = _fit(case, 0, 1)
+        assert torch.tensor(r0["weights"]) == pytest.approx(torch.tensor(single["weights"]), rel=1e-5, abs=1e-7), case
+        assert r0["norm"] == pytest.approx(single["norm"], rel=1e-5), case
+        assert r0["probe"] == pytest.approx(single["probe"], abs=1e-5 * single["norm"]), case
         assert r0["norm"] > 0

@@ -125,6 +125,38 @@ def test_update_is_written_into_the_parameters(weighting, space):
             torch.testing.assert_close(p.grad, g * coef[i] if weighted else g, rtol=1e-5, atol=1e-7)
 
 
+def test_model_internal_terms_in_param_space():
+    """A model-internal term (MT-CP's coherence loss) gets its own pass: the shared parameters receive
+    u + ∇term (the term's row joins the rows' all-reduce, not the Gramian), the heads ∇f_t + ∇term."""
+    module, _ = _spaced("mgda", "param_graph")
+    forward = module.model.forward
+
+    def with_term(images):
+        out = forward(images)
+        out.losses["reg"] = 0.1 * out.rep.pow(2).mean() + 0.01 * out.preds["depth"].pow(2).mean()
+        return out
+
+    module.model.forward = with_term
+    batch = _batch([2, 3])
+    module.zero_grad()
+    module.training_step(batch, 0).backward()
+    coef = module.last_gradients.coefficients
+    assert module.last_gradients.rows.shape[0] == len(TASKS)
+    rows, heads, _, _, shared = _independent(module, batch, "param")
+    reg = module.model(batch["image"]).losses["reg"]
+    own = {t: list(module.model.task_parameters(t)) for t in TASKS}
+    reg_grads = torch.autograd.grad(reg, shared + own["depth"], allow_unused=True)
+    reg_shared = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(shared, reg_grads)])
+    assert float(reg_shared.norm()) > 0
+    got = torch.cat([p.grad.flatten() for p in shared])
+    torch.testing.assert_close(got, coef @ rows + reg_shared, rtol=1e-5, atol=1e-7)
+    reg_depth = dict(zip(map(id, own["depth"]), reg_grads[len(shared) :]))
+    for t in TASKS:
+        for p, g in zip(own[t], heads[t]):
+            extra = reg_depth.get(id(p))
+            torch.testing.assert_close(p.grad, g if extra is None else g + extra, rtol=1e-5, atol=1e-7)
+
+
 def test_separate_losses_other_heads_do_not_run_in_a_task_pass():
     module = _module("mgda", {"space": "param"})
     calls = dict.fromkeys(TASKS, 0)
@@ -155,31 +187,12 @@ class _Samples(Dataset):
         return _sample(i)
 
 
-def test_accumulation_and_clipping_through_lightning(tmp_path):
-    """accumulate_grad_batches=2 and norm clipping: the SGD step (lr 1) equals −clip(mean of the two
-    micro-batches' aggregated gradients), each computed independently."""
-    module = _module("mgda", {"space": "param"}, optimizer="sgd", lr=1.0, weight_decay=0.0, momentum=0.0)
-    module.keep_gradients = False
-    params = [p for p in module.model.parameters() if p.requires_grad]
-    before = [p.detach().clone() for p in params]
-    expected = [torch.zeros_like(p) for p in params]
-    shared_ids = {id(p) for p in module.model.shared_parameters()}
-    for idx in ([0, 1], [2, 3]):
-        batch = _batch(idx)
-        rows, heads, _, _, shared = _independent(module, batch, "param")
-        agg = module.weighting.weights(rows @ rows.T, {}, StepContext(epoch=0, step=1, loss_values=torch.ones(3)))
-        u = iter(torch.split(agg.coefficients @ rows, [p.numel() for p in shared]))
-        u_by_id = {id(p): next(u).view_as(p) for p in shared}
-        head_by_id = {id(p): g for t in TASKS for p, g in zip(module.model.task_parameters(t), heads[t])}
-        for e, p in zip(expected, params):
-            e += 0.5 * (u_by_id[id(p)] if id(p) in shared_ids else head_by_id[id(p)])
-    norm = torch.sqrt(sum((e * e).sum() for e in expected))
-    clip = min(1.0, 0.05 / (float(norm) + 1e-6))
+def _fit_one_step(module: MultiTaskModule, root, accumulate: int, clip: float | None) -> None:
     trainer = L.Trainer(
-        default_root_dir=tmp_path,
+        default_root_dir=root,
         max_steps=1,
-        accumulate_grad_batches=2,
-        gradient_clip_val=0.05,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=clip,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -188,9 +201,90 @@ def test_accumulation_and_clipping_through_lightning(tmp_path):
         limit_val_batches=0,
     )
     trainer.fit(module, DataLoader(_Samples(), batch_size=2, shuffle=False))
+
+
+def _window_update(module: MultiTaskModule, micro_batches, exact: bool) -> list[torch.Tensor]:
+    """The parameter gradient of one accumulation window, from per-task autograd.grad rows of each micro-batch
+    (taken separately): ``exact`` aggregates the mean rows once and weights the mean head gradients; otherwise
+    each micro-batch is aggregated on its own and the updates are averaged (Lightning's 1/k)."""
+    params = [p for p in module.model.parameters() if p.requires_grad]
+    shared = [p for p in module.model.shared_parameters() if p.requires_grad]
+    weighted = module.weighting.heads == "weighted"
+    ctx = StepContext(epoch=0, step=1, loss_values=torch.ones(3))
+    parts = [_independent(module, _batch(idx), "param") for idx in micro_batches]
+    k = len(parts)
+    if exact:
+        rows = sum(r for r, *_ in parts) / k
+        heads = {t: [sum(h[t][j] for _, h, *_ in parts) / k for j in range(len(parts[0][1][t]))] for t in TASKS}
+        parts = [(rows, heads)]
+    total = [torch.zeros_like(p) for p in params]
+    for rows, heads, *_ in parts:
+        coef = module.weighting.weights(rows @ rows.T, {}, ctx).coefficients
+        u = iter(torch.split(coef @ rows, [p.numel() for p in shared]))
+        by_id = {id(p): next(u).view_as(p) for p in shared}
+        for i, t in enumerate(TASKS):
+            for p, g in zip(module.model.task_parameters(t), heads[t]):
+                by_id[id(p)] = g * coef[i] if weighted else g
+        for acc, p in zip(total, params):
+            acc += by_id[id(p)] / len(parts)
+    return total
+
+
+@pytest.mark.parametrize(
+    ("method", "args"),
+    [
+        ("mgda", {"space": "param"}),
+        ("nash_mtl", {"space": "param", "max_norm": 0.0}),  # weighted heads: earlier micro-batches reweighted
+        ("mgda", {"space": "param", "accumulation": "per_micro_batch"}),
+    ],
+)
+def test_accumulation_and_clipping_through_lightning(tmp_path, method, args):
+    """accumulate_grad_batches=2 and norm clipping: the SGD step (lr 1) equals −clip(u), with u the update of
+    the window's batch (exact: the mean rows over both micro-batches aggregated once, as one batch of 4) or the
+    mean of the two micro-batches' own updates (``per_micro_batch``), each computed independently."""
+    module = _module(method, args, optimizer="sgd", lr=1.0, weight_decay=0.0, momentum=0.0)
+    module.keep_gradients = False
+    reference = _module(method, args)  # same initial weights; its weighting answers the expected weights
+    expected = _window_update(reference, ([0, 1], [2, 3]), exact=args.get("accumulation", "exact") == "exact")
+    params = [p for p in module.model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    norm = torch.sqrt(sum((e * e).sum() for e in expected))
+    clip = min(1.0, 0.05 / (float(norm) + 1e-6))
+    _fit_one_step(module, tmp_path, accumulate=2, clip=0.05)
     assert clip < 1.0  # the clipping is active
     for b, p, e in zip(before, params, expected):
         torch.testing.assert_close(b - p.detach(), clip * e, rtol=1e-4, atol=1e-7)
+
+
+def test_exact_accumulation_equals_the_larger_batch(tmp_path):
+    """Two micro-batches of 2 with exact accumulation take the same step as one batch of 4 (frozen BN)."""
+    steps = []
+    for accumulate, batch_size in ((2, 2), (1, 4)):
+        module = _module("pcgrad", {"space": "param"}, optimizer="sgd", lr=1.0, weight_decay=0.0, momentum=0.0)
+        module.keep_gradients = False
+        before = [p.detach().clone() for p in module.model.parameters()]
+        trainer = L.Trainer(
+            default_root_dir=tmp_path,
+            max_steps=1,
+            accumulate_grad_batches=accumulate,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, DataLoader(_Samples(), batch_size=batch_size, shuffle=False))
+        steps.append(torch.cat([(b - p.detach()).flatten() for b, p in zip(before, module.model.parameters())]))
+    assert steps[0].norm() > 0
+    torch.testing.assert_close(steps[0], steps[1], rtol=1e-4, atol=1e-7)
+
+
+def test_rep_space_refuses_inexact_accumulation(tmp_path):
+    module = _module("mgda", {"space": "rep"})
+    with pytest.raises(ValueError, match=r"rep space cannot accumulate gradients exactly.*per_micro_batch"):
+        _fit_one_step(module, tmp_path, accumulate=2, clip=None)
+    module = _module("mgda", {"space": "rep", "accumulation": "per_micro_batch"})
+    _fit_one_step(module, tmp_path, accumulate=2, clip=None)  # the explicit choice runs
 
 
 class _Leaky(MultiTaskModel):

@@ -52,8 +52,10 @@ class AlignedMTL(GradientWeighting):
     default_space = "param"
     libmtl_name = "Aligned_MTL"
 
-    def __init__(self, scale: str = "min", space: str | None = None, rep_reduce: str = "sum_batch") -> None:
-        super().__init__(space, rep_reduce)
+    def __init__(
+        self, scale: str = "min", space: str | None = None, rep_reduce: str = "sum_batch", accumulation: str = "exact"
+    ) -> None:
+        super().__init__(space, rep_reduce, accumulation)
         if scale not in SCALES:
             raise ValueError(f"Aligned-MTL scale must be one of {list(SCALES)}, got {scale!r}")
         self.scale = scale

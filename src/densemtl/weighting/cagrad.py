@@ -37,9 +37,14 @@ class CAGrad(GradientWeighting):
     arg_aliases = {"calpha": "c", "alpha": "c"}
 
     def __init__(
-        self, c: float = 0.4, rescale: int = 1, space: str | None = None, rep_reduce: str = "sum_batch"
+        self,
+        c: float = 0.4,
+        rescale: int = 1,
+        space: str | None = None,
+        rep_reduce: str = "sum_batch",
+        accumulation: str = "exact",
     ) -> None:
-        super().__init__(space, rep_reduce)
+        super().__init__(space, rep_reduce, accumulation)
         if c < 0:
             raise ValueError(f"CAGrad c must be >= 0, got {c}")
         if rescale not in (0, 1, 2):

@@ -38,8 +38,10 @@ class DBMTL(GradientWeighting):
     libmtl_name = "DB_MTL"
     arg_aliases = {"DB_beta": "beta", "DB_beta_sigma": "beta_sigma"}
 
-    def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0, space: str | None = None) -> None:
-        super().__init__(space)
+    def __init__(
+        self, beta: float = 0.9, beta_sigma: float = 0.0, space: str | None = None, accumulation: str = "exact"
+    ) -> None:
+        super().__init__(space, accumulation=accumulation)
         if not 0 <= beta <= 1 or beta_sigma < 0:
             raise ValueError(f"DB-MTL needs 0 <= beta <= 1 and beta_sigma >= 0, got {beta}, {beta_sigma}")
         self.beta = float(beta)

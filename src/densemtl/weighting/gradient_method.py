@@ -23,6 +23,7 @@ __all__ = ["SPACES", "Aggregation", "GradientWeighting"]
 
 SPACES = ("rep", "param")
 REP_REDUCE = ("sum_batch", "flatten")
+ACCUMULATION = ("exact", "per_micro_batch")
 
 
 @dataclass
@@ -51,6 +52,10 @@ class GradientWeighting(Weighting):
         space: ``"rep"`` or ``"param"``; None picks the method's default. Must be in ``spaces``.
         rep_reduce: rep-space rows: ``"sum_batch"`` (sum over the batch, the LibMTL convention) or
             ``"flatten"`` (keep the batch: the Gram of the true Jacobian).
+        accumulation: with ``accumulate_grad_batches`` k > 1: ``"exact"`` (param space) sums the rows over the
+            k micro-batches and aggregates once, so the step equals one on the k-times larger batch;
+            ``"per_micro_batch"`` aggregates each micro-batch on its own and the step is the mean of the k
+            updates (the only choice in rep space, whose update needs each micro-batch's graph).
 
     Class attributes:
         spaces: the allowed spaces; default_space: the default; heads: ``"own"`` or ``"weighted"``.
@@ -63,7 +68,7 @@ class GradientWeighting(Weighting):
     ddp_ignored_parameters: ClassVar[tuple[str, ...]] = ()
     """Parameters updated outside the backward pass (GradNorm's logits): kept out of DDP's reducer (§1.7)."""
 
-    def __init__(self, space: str | None = None, rep_reduce: str = "sum_batch") -> None:
+    def __init__(self, space: str | None = None, rep_reduce: str = "sum_batch", accumulation: str = "exact") -> None:
         super().__init__()
         space = self.default_space if space is None else str(space)
         name = type(self).__name__
@@ -73,8 +78,13 @@ class GradientWeighting(Weighting):
             raise ValueError(f"weighting {name} does not allow space {space!r}; allowed spaces: {sorted(self.spaces)}")
         if rep_reduce not in REP_REDUCE:
             raise ValueError(f"weighting {name}: rep_reduce must be one of {list(REP_REDUCE)}, got {rep_reduce!r}")
+        if accumulation not in ACCUMULATION:
+            raise ValueError(
+                f"weighting {name}: accumulation must be one of {list(ACCUMULATION)}, got {accumulation!r}"
+            )
         self.space = space
         self.rep_reduce = rep_reduce
+        self.accumulation = accumulation
 
     def weights(self, gram: Tensor, losses: Mapping[str, Tensor], ctx: StepContext) -> Aggregation:
         """``Kind.GRAMIAN``: the aggregation from K (T, T) fp32 (fp64 in tests) and the losses L_t."""

@@ -38,7 +38,7 @@ from densemtl.weighting.base import Kind, StepContext, at_least_fp32, task_objec
 from densemtl.weighting.epoch_stats import distributed_world_size, reduce_mean
 from densemtl.weighting.gradient_method import Aggregation, GradientWeighting
 
-__all__ = ["GradientSpace", "GradientStep", "gradient_step", "inject_gradients"]
+__all__ = ["GradientSpace", "GradientStep", "MicroBatch", "RowAccumulator", "gradient_step", "inject_gradients"]
 
 
 class _InjectGradients(torch.autograd.Function):
@@ -121,18 +121,62 @@ class GradientStep:
     Attributes:
         objective: the scalar to back-propagate (its backward delivers the aggregated gradient).
         total: detached Σ_t c_t f_t (+ extra terms), for logging as the step's objective.
-        weights: task -> native weight; effective: task -> c_t on ∇L_t (when defined).
-        rows: (T, d) fp32 rows (rank-averaged; rank-local with ``rep_reduce="flatten"``); gram: (T, T) fp32.
+        weights: task -> native weight; None on a micro-batch before the last of an accumulation window.
+        effective: task -> c_t on ∇L_t (when defined).
+        rows: (T, d) fp32 rows (rank-averaged; rank-local with ``rep_reduce="flatten"``; this micro-batch's,
+            rank-local, before the last micro-batch of a window); gram: (T, T) fp32, or None before the last.
         coefficients: (T,) c with u = Σ c_t g_t, or None.
     """
 
     objective: Tensor
     total: Tensor
-    weights: dict[str, Tensor]
+    weights: dict[str, Tensor] | None
     effective: dict[str, Tensor] | None
     rows: Tensor
-    gram: Tensor
+    gram: Tensor | None
     coefficients: Tensor | None
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Where a training batch sits in its gradient-accumulation window.
+
+    Attributes:
+        count: k, the trainer's ``accumulate_grad_batches`` (Lightning divides each micro-batch's objective by k).
+        final: the optimiser step follows this micro-batch.
+    """
+
+    count: int = 1
+    final: bool = True
+
+
+class RowAccumulator:
+    """The param-space rows of one optimiser step summed over its micro-batches (exact accumulation).
+
+    The gradient of the accumulated objective (1/k) Σ_i f_t^{(i)} is the mean of the micro-batch rows, so the
+    Gramian, the weights and the update of the last micro-batch are those of the whole window's batch. Holds
+    (T, d) fp32 (plus one row for model-internal terms).
+    """
+
+    def __init__(self) -> None:
+        self.rows: Tensor | None = None
+        self.loss_sum: Tensor | None = None
+        self.loss_count = 0
+
+    def reset(self) -> None:
+        self.rows, self.loss_sum, self.loss_count = None, None, 0
+
+    def add(self, rows: Tensor) -> Tensor:
+        """Add one micro-batch's rows; returns the running sum."""
+        self.rows = rows.detach().clone() if self.rows is None else self.rows.add_(rows.detach())
+        return self.rows
+
+    def add_loss_values(self, values: Tensor) -> Tensor:
+        """Add one micro-batch's rank-local loss values (T,); returns their mean over the window so far."""
+        values = values.detach()
+        self.loss_sum = values.clone() if self.loss_sum is None else self.loss_sum.add_(values)
+        self.loss_count += 1
+        return self.loss_sum / self.loss_count
 
 
 def _rep_rows(objectives: Sequence[Tensor], rep: Tensor, scale: float, reduce: str) -> tuple[list[Tensor], Tensor]:
@@ -215,10 +259,15 @@ def _param_rows(
     objectives: Sequence[Tensor],
     extra_params: Sequence[nn.Parameter],
     scale: float,
-    retain_last: bool,
-) -> tuple[Tensor, list[list[Tensor | None]], list[Tensor | None]]:
+    internal: Tensor | None = None,
+) -> tuple[Tensor, list[list[Tensor | None]], list[Tensor | None], list[tuple[Tensor, Tensor | None]]]:
     """Rows (T, d) fp32 over the shared parameters, task t's own gradients and the summed gradients of
-    ``extra_params`` (weighting parameters inside f_t), all unscaled."""
+    ``extra_params`` (weighting parameters inside f_t), all unscaled.
+
+    With ``internal`` (the sum of the model-internal terms, weight 1), one more pass gives its gradient: the
+    shared part is appended as row T (it joins the rows' all-reduce and accumulation, never the Gramian), the
+    task-specific parts are returned as (parameter, gradient) pairs.
+    """
     check = not space.reachability_checked
     rows, own, extra = [], [], [None] * len(extra_params)
     last = len(objectives) - 1
@@ -226,7 +275,7 @@ def _param_rows(
         others = [p for u, ps in space.task_params.items() if u != t for p in ps] if check else []
         inputs = [*space.shared, *space.task_params[t], *extra_params, *others]
         grads = torch.autograd.grad(
-            f * scale if scale != 1.0 else f, inputs, retain_graph=retain_last or i < last, allow_unused=True
+            f * scale if scale != 1.0 else f, inputs, retain_graph=internal is not None or i < last, allow_unused=True
         )
         n_sh, n_own, n_ex = len(space.shared), len(space.task_params[t]), len(extra_params)
         if check:
@@ -236,19 +285,35 @@ def _param_rows(
                     f"task {t!r} reaches parameters {_names(space.model, leaked)} of other tasks' "
                     "task_parameters(); they must be in shared_parameters()"
                 )
-        flat = [
-            (torch.zeros(p.numel(), device=p.device) if g is None else g.reshape(-1).float())
-            for p, g in zip(space.shared, grads[:n_sh])
-        ]
-        row = torch.cat(flat) if flat else torch.zeros(0, device=f.device)
-        rows.append(row / scale if scale != 1.0 else row)
+        rows.append(_flat_row(space, grads[:n_sh], scale, f.device))
         own.append([None if g is None else (g / scale if scale != 1.0 else g) for g in grads[n_sh : n_sh + n_own]])
         for j, g in enumerate(grads[n_sh + n_own : n_sh + n_own + n_ex]):
             if g is not None:
                 g = g / scale if scale != 1.0 else g
                 extra[j] = g if extra[j] is None else extra[j] + g
     space.reachability_checked = True
-    return torch.stack(rows), own, extra
+    internal_pairs: list[tuple[Tensor, Tensor | None]] = []
+    if internal is not None:
+        heads = [p for t in space.tasks for p in space.task_params[t]]
+        grads = torch.autograd.grad(
+            internal * scale if scale != 1.0 else internal, [*space.shared, *heads], allow_unused=True
+        )
+        rows.append(_flat_row(space, grads[: len(space.shared)], scale, internal.device))
+        internal_pairs = [
+            (p, None if g is None else (g / scale if scale != 1.0 else g))
+            for p, g in zip(heads, grads[len(space.shared) :])
+        ]
+    return torch.stack(rows), own, extra, internal_pairs
+
+
+def _flat_row(space: GradientSpace, grads: Sequence[Tensor | None], scale: float, device: torch.device) -> Tensor:
+    """The shared parameters' gradients as one unscaled fp32 (d,) row (zeros where a parameter is unused)."""
+    flat = [
+        (torch.zeros(p.numel(), device=p.device) if g is None else g.reshape(-1).float())
+        for p, g in zip(space.shared, grads)
+    ]
+    row = torch.cat(flat) if flat else torch.zeros(0, device=device)
+    return row / scale if scale != 1.0 else row
 
 
 def _gram(rows: Tensor) -> Tensor:
@@ -270,6 +335,8 @@ def gradient_step(
     scale: float | None = None,
     reduce: Callable[[Tensor], Tensor] = reduce_mean,
     branches: Mapping[str, Sequence[tuple[Tensor, Tensor]]] | None = None,
+    window: MicroBatch = MicroBatch(),
+    accumulator: RowAccumulator | None = None,
 ) -> GradientStep:
     """Rows, Gramian, aggregation and the objective that delivers the update (module docstring).
 
@@ -285,6 +352,11 @@ def gradient_step(
         reduce: mean over DDP ranks.
         branches: the detached leaves of ``detached_branches`` (rep space on a model with independent
             branches): each head's backward then runs once and the update reaches the encoder through ``rep``.
+        window, accumulator: exact gradient accumulation (param space only). Each micro-batch's rows are
+            summed in ``accumulator``; before the last micro-batch the objective delivers the task-specific
+            gradients only, and the last one aggregates the window's mean rows (reduced over ranks once) and
+            writes the update of the whole window. Without an accumulator every micro-batch is aggregated on
+            its own (Lightning then averages the micro-batch updates).
     """
     tasks = space.tasks
     name = type(weighting).__name__
@@ -296,7 +368,10 @@ def gradient_step(
     jacobians: list[Tensor] = []
     own: list[list[Tensor | None]] = []
     extra_grads: list[Tensor | None] = []
+    internal_pairs: list[tuple[Tensor, Tensor | None]] = []
     learnable = weighting.learnable()
+    if accumulator is not None and weighting.space != "param":
+        raise ValueError(f"weighting {name}: exact gradient accumulation needs space 'param', not {weighting.space!r}")
     if weighting.space == "rep":
         if rep is None:
             raise ValueError(
@@ -304,11 +379,7 @@ def gradient_step(
                 "representation (MultiTaskOutput.rep is None); use space='param'"
             )
         if branches is not None:
-            if extra:
-                raise ValueError(
-                    f"model {type(space.model).__name__} declares independent_branches but returns model-internal "
-                    f"losses {sorted(extra)}; it cannot use detached branches"
-                )
+            _check_no_internal_terms(space, extra)
             jacobians, rows, own, extra_grads = _branch_rows(
                 space, f, branches, rep, learnable, s, weighting.rep_reduce
             )
@@ -319,23 +390,32 @@ def gradient_step(
         else:
             rows = reduce(rows)
             gram = _gram(rows)
+        internal_row = None
     else:
         if space.dim == 0:
             raise ValueError(
                 f"weighting {name} uses space 'param', but model {type(space.model).__name__} has no shared "
                 "parameters (shared_parameters() is empty)"
             )
+        internal = sum(extra.values()) if extra else None
         if branches is not None:  # heads on detached rep copies: head passes, then one batched encoder VJP
-            if extra:
-                raise ValueError(
-                    f"model {type(space.model).__name__} declares independent_branches but returns model-internal "
-                    f"losses {sorted(extra)}; it cannot use detached branches"
-                )
+            _check_no_internal_terms(space, extra)
             jacobians, _, own, extra_grads = _branch_rows(space, f, branches, rep, learnable, s, "sum_batch")
             rows = _encoder_rows(space, rep, jacobians, s)
-        else:
-            rows, own, extra_grads = _param_rows(space, f, learnable, s, retain_last=bool(extra))
-        rows = reduce(rows)
+        else:  # model-internal terms get their own pass: their shared gradient is rank-local like the rows
+            rows, own, extra_grads, internal_pairs = _param_rows(space, f, learnable, s, internal)
+        if accumulator is not None and window.count > 1:
+            summed = accumulator.add(rows)
+            if not window.final:  # task-specific gradients only; the shared update waits for the last micro-batch
+                pairs = [(p, g) for i, t in enumerate(tasks) for p, g in zip(space.task_params[t], own[i])]
+                pairs += list(zip(learnable, extra_grads)) + internal_pairs
+                objective = inject_gradients(pairs or [(space.shared[0], None)])
+                total = sum(x.detach() for x in f) + sum(x.detach() for x in extra.values())
+                return GradientStep(objective, total, None, None, rows[: len(tasks)], None, None)
+            rows = summed / window.count  # the gradient of the window's objective (1/k) Σ_i f_t^(i)
+        rows = reduce(rows)  # rows and the internal terms' row in one collective
+        internal_row = rows[len(tasks)] if internal is not None and branches is None else None
+        rows = rows[: len(tasks)]
         gram = _gram(rows)
     if scale is not None and not bool(torch.isfinite(gram).all()):  # fp16 overflow: the scaler skips the step
         nan = torch.full((len(tasks),), float("nan"), device=gram.device)
@@ -346,17 +426,13 @@ def gradient_step(
         agg = weighting.aggregate(rows, terms, ctx)
     coef = None if agg.coefficients is None else agg.coefficients.detach().to(rows.device, torch.float32)
     heads = coef if weighting.heads == "weighted" and coef is not None else None
+    named = dict(weighting.named_parameters())
+    method_pairs = list(zip(learnable, extra_grads)) + [(named[n], g) for n, g in agg.param_grads.items()]
     if weighting.space == "rep" and branches is not None:
         if coef is None:
             raise ValueError(f"weighting {name}: rep space needs coefficients, the method returned an update")
         cotangent = sum(coef[i] * jacobians[i] for i in range(len(tasks)))
-        pairs = [(rep, cotangent)]
-        for i, t in enumerate(tasks):
-            for p, g in zip(space.task_params[t], own[i]):
-                pairs.append((p, g if heads is None or g is None else g * heads[i].to(g.dtype)))
-        named = dict(weighting.named_parameters())
-        pairs += list(zip(learnable, extra_grads)) + [(named[n], g) for n, g in agg.param_grads.items()]
-        objective = inject_gradients(pairs)
+        objective = inject_gradients([(rep, cotangent), *_head_pairs(space, own, heads), *method_pairs])
     elif weighting.space == "rep":
         if coef is None:
             raise ValueError(f"weighting {name}: rep space needs coefficients, the method returned an update")
@@ -367,21 +443,24 @@ def gradient_step(
         pairs = [(p, agg.param_grads.get(n)) for n, p in weighting.named_parameters() if n in agg.param_grads]
         if pairs:
             objective = objective + inject_gradients(pairs)
+        for term in extra.values():
+            objective = objective + term
     else:
         with torch.autocast(rows.device.type, enabled=False):
             update = agg.update if agg.update is not None else coef @ rows.float()
-        pairs: list[tuple[Tensor, Tensor | None]] = list(zip(space.shared, space.split(update.float())))
-        for i, t in enumerate(tasks):
-            for p, g in zip(space.task_params[t], own[i]):
-                pairs.append((p, g if heads is None or g is None else g * heads[i].to(g.dtype)))
-        named = dict(weighting.named_parameters())
-        for p, g in zip(learnable, extra_grads):
-            pairs.append((p, g))
-        for n, g in agg.param_grads.items():
-            pairs.append((named[n], g))
-        objective = inject_gradients(pairs)
-    for term in extra.values():
-        objective = objective + term
+            if internal_row is not None:
+                update = update + internal_row
+        exact_window = accumulator is not None and window.count > 1
+        if exact_window:
+            # Lightning scales this objective by 1/k: the shared update is the window's, written once
+            update = update * window.count
+            if heads is not None:  # earlier micro-batches left ∇f_t in task t's .grad; weight them now
+                for i, t in enumerate(tasks):
+                    for p in space.task_params[t]:
+                        if p.grad is not None:
+                            p.grad.mul_(heads[i].to(p.grad.dtype))
+        pairs = [*zip(space.shared, space.split(update.float())), *_head_pairs(space, own, heads)]
+        objective = inject_gradients(pairs + method_pairs + internal_pairs)
     shown = coef if coef is not None else torch.ones(len(tasks), device=rows.device)
     total = sum(shown[i] * f[i].detach() for i in range(len(tasks)))
     for term in extra.values():
@@ -389,3 +468,22 @@ def gradient_step(
     weights = {t: agg.weights[i].detach() for i, t in enumerate(tasks)}
     effective = None if agg.effective is None else {t: agg.effective[i].detach() for i, t in enumerate(tasks)}
     return GradientStep(objective, total, weights, effective, rows, gram, coef)
+
+
+def _head_pairs(
+    space: GradientSpace, own: Sequence[Sequence[Tensor | None]], heads: Tensor | None
+) -> list[tuple[Tensor, Tensor | None]]:
+    """Task t's parameters with ∇f_t (``own`` heads) or c_t ∇f_t (``weighted``)."""
+    pairs: list[tuple[Tensor, Tensor | None]] = []
+    for i, t in enumerate(space.tasks):
+        for p, g in zip(space.task_params[t], own[i]):
+            pairs.append((p, g if heads is None or g is None else g * heads[i].to(g.dtype)))
+    return pairs
+
+
+def _check_no_internal_terms(space: GradientSpace, extra: Mapping[str, Tensor]) -> None:
+    if extra:
+        raise ValueError(
+            f"model {type(space.model).__name__} declares independent_branches but returns model-internal "
+            f"losses {sorted(extra)}; it cannot use detached branches"
+        )

@@ -48,8 +48,10 @@ class GradNorm(GradientWeighting):
     libmtl_name = "GradNorm"
     ddp_ignored_parameters = ("logits",)
 
-    def __init__(self, alpha: float = 1.5, space: str | None = None, rep_reduce: str = "sum_batch") -> None:
-        super().__init__(space, rep_reduce)
+    def __init__(
+        self, alpha: float = 1.5, space: str | None = None, rep_reduce: str = "sum_batch", accumulation: str = "exact"
+    ) -> None:
+        super().__init__(space, rep_reduce, accumulation)
         if alpha < 0:
             raise ValueError(f"GradNorm alpha must be >= 0, got {alpha}")
         self.alpha = float(alpha)

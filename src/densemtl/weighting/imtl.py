@@ -51,8 +51,14 @@ class IMTL(GradientWeighting):
     default_space = "rep"
     libmtl_name = "IMTL"
 
-    def __init__(self, variant: str = "hybrid", space: str | None = None, rep_reduce: str = "sum_batch") -> None:
-        super().__init__(space, rep_reduce)
+    def __init__(
+        self,
+        variant: str = "hybrid",
+        space: str | None = None,
+        rep_reduce: str = "sum_batch",
+        accumulation: str = "exact",
+    ) -> None:
+        super().__init__(space, rep_reduce, accumulation)
         if variant not in VARIANTS:
             raise ValueError(f"IMTL variant must be one of {list(VARIANTS)}, got {variant!r}")
         self.variant = variant

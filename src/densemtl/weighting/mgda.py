@@ -51,8 +51,14 @@ class MGDA(GradientWeighting):
     libmtl_name = "MGDA"
     arg_aliases = {"mgda_gn": "normalize", "gn": "normalize"}
 
-    def __init__(self, normalize: str = "none", space: str | None = None, rep_reduce: str = "sum_batch") -> None:
-        super().__init__(space, rep_reduce)
+    def __init__(
+        self,
+        normalize: str = "none",
+        space: str | None = None,
+        rep_reduce: str = "sum_batch",
+        accumulation: str = "exact",
+    ) -> None:
+        super().__init__(space, rep_reduce, accumulation)
         if normalize not in NORMALIZE:
             raise ValueError(f"MGDA normalize must be one of {list(NORMALIZE)}, got {normalize!r}")
         self.normalize = normalize

@@ -49,8 +49,9 @@ class NashMTL(GradientWeighting):
         max_iter: int = 100,
         space: str | None = None,
         rep_reduce: str = "sum_batch",
+        accumulation: str = "exact",
     ) -> None:
-        super().__init__(space, rep_reduce)
+        super().__init__(space, rep_reduce, accumulation)
         if int(update_every) < 1:
             raise ValueError(f"Nash-MTL update_every must be >= 1, got {update_every}")
         if max_norm < 0 or not tol > 0 or int(max_iter) < 1:

@@ -41,8 +41,8 @@ class PCGrad(GradientWeighting):
     default_space = "param"
     libmtl_name = "PCGrad"
 
-    def __init__(self, space: str | None = None) -> None:
-        super().__init__(space)
+    def __init__(self, space: str | None = None, accumulation: str = "exact") -> None:
+        super().__init__(space, accumulation=accumulation)
 
     def weights(self, gram: Tensor, losses: Mapping[str, Tensor], ctx: StepContext) -> Aggregation:
         t = gram.shape[0]

@@ -44,9 +44,14 @@ class UPGrad(GradientWeighting):
     libmtl_name = "UPGrad"
 
     def __init__(
-        self, norm_eps: float = 1e-4, reg_eps: float = 1e-4, space: str | None = None, rep_reduce: str = "sum_batch"
+        self,
+        norm_eps: float = 1e-4,
+        reg_eps: float = 1e-4,
+        space: str | None = None,
+        rep_reduce: str = "sum_batch",
+        accumulation: str = "exact",
     ) -> None:
-        super().__init__(space, rep_reduce)
+        super().__init__(space, rep_reduce, accumulation)
         if norm_eps < 0 or reg_eps < 0:
             raise ValueError(f"UPGrad norm_eps and reg_eps must be >= 0, got {norm_eps}, {reg_eps}")
         self.norm_eps = float(norm_eps)
