@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 
 import lightning as L
 import pytest
@@ -103,7 +104,24 @@ def _fit(case: str, rank: int, world: int) -> dict:
     else:
         strategy = "auto"
     samples, share = _samples(rank, world, accumulate)
-    trainer = L.Trainer(
+    with tempfile.TemporaryDirectory(prefix="densemtl_ddp_") as root:  # weights.png goes there, not into the cwd
+        trainer = _trainer(root, world, strategy, accumulate, comm)
+        trainer.fit(module, DataLoader(samples, batch_size=share, shuffle=False))
+    module._trajectory.flush()
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)]).double()
+    probe = torch.randn(delta.numel(), generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    return {
+        "weights": module._trajectory.steps.double().tolist(),
+        "hash": hashlib.sha256(delta.numpy().tobytes()).hexdigest(),
+        "norm": float(delta.norm()),
+        "probe": float(delta @ probe),
+        "buckets": comm.buckets,
+    }
+
+
+def _trainer(root: str, world: int, strategy, accumulate: int, comm: _CommCount) -> L.Trainer:
+    return L.Trainer(
+        default_root_dir=root,
         accelerator="cpu",
         devices=world,
         strategy=strategy,
@@ -117,17 +135,6 @@ def _fit(case: str, rank: int, world: int) -> dict:
         enable_model_summary=False,
         limit_val_batches=0,
     )
-    trainer.fit(module, DataLoader(samples, batch_size=share, shuffle=False))
-    module._trajectory.flush()
-    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)]).double()
-    probe = torch.randn(delta.numel(), generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    return {
-        "weights": module._trajectory.steps.double().tolist(),
-        "hash": hashlib.sha256(delta.numpy().tobytes()).hexdigest(),
-        "norm": float(delta.norm()),
-        "probe": float(delta @ probe),
-        "buckets": comm.buckets,
-    }
 
 
 def _fit_all(rank: int, world: int) -> dict:
