@@ -287,6 +287,52 @@ def test_rep_space_refuses_inexact_accumulation(tmp_path):
     _fit_one_step(module, tmp_path, accumulate=2, clip=None)  # the explicit choice runs
 
 
+def _fp16_fit(method: str, args: dict, root, init_scale: float | None):
+    """One SGD step (lr 1) through a Lightning fit, fp32 or fp16 autocast with a GradScaler (CPU)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    module = _module(method, args, optimizer="sgd", lr=1.0, weight_decay=0.0, momentum=0.0)
+    module.keep_gradients = False
+    before = [p.detach().clone() for p in module.model.parameters()]
+    plugins = []
+    if init_scale is not None:  # Lightning maps "16-mixed" to bf16 on CPU; the plugin forces fp16 and a scaler
+        plugins = [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=init_scale))]
+    trainer = L.Trainer(
+        default_root_dir=root,
+        accelerator="cpu",
+        max_steps=1,
+        plugins=plugins,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, DataLoader(_Samples(), batch_size=2, shuffle=False))
+    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, module.model.parameters())])
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    return step, None if scaler is None else float(scaler.get_scale()), module
+
+
+@pytest.mark.parametrize(
+    ("method", "args"), [("nash_mtl", {"space": "param", "max_norm": 0.0}), ("mgda", {"space": "rep"})]
+)
+def test_fp16_grad_scaler_fit(tmp_path, method, args):
+    """fp16 autocast with a GradScaler through Lightning: the step matches fp32 (the loss scale is removed
+    before the Gramian and the update); an overflowing scale skips the step, halves the scale and leaves
+    the method's state as it was."""
+    fp32, _, _ = _fp16_fit(method, args, tmp_path, None)
+    fp16, scale, _ = _fp16_fit(method, args, tmp_path, 2.0**8)
+    assert scale == 2.0**8  # no overflow: the step was taken
+    assert float((fp16 - fp32).norm() / fp32.norm()) < 2e-2  # fp16 activations; a kept scale would be 256x off
+    skipped, scale, module = _fp16_fit(method, args, tmp_path, 2.0**60)
+    assert scale == 2.0**59 and float(skipped.abs().max()) == 0.0
+    fresh = _module(method, args).weighting.state_dict()
+    for key, value in module.weighting.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(value, fresh[key])
+
+
 class _Leaky(MultiTaskModel):
     """Depth reads the semseg head's output: semseg's 'own' parameters are reached by two tasks."""
 
