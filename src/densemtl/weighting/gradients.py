@@ -12,18 +12,20 @@ One step (:func:`gradient_step`):
    any use (§1.8); they are averaged over DDP ranks in one collective before the Gramian K = G Gᵀ (fp32).
 2. **Aggregation**: the method's ``weights(K, L, ctx)`` or ``aggregate(G, L, ctx)``.
 3. **Update**: the engine returns an objective whose *ordinary* backward pass delivers exactly the aggregated
-   gradient, so Lightning's automatic optimisation, gradient accumulation, clipping, the fp16 GradScaler and
-   DDP's gradient averaging all work unchanged:
+   gradient, so Lightning's automatic optimisation, clipping and the fp16 GradScaler work unchanged:
    - ``rep``: Σ_t h_t f_t plus a linear term ⟨Σ_t (c_t − h_t) J_t, rep⟩ (J_t = ∂f_t/∂rep detached), so the
      encoder receives Σ_t c_t ∂f_t/∂rep and head t receives h_t ∇f_t (h_t = 1 for ``own`` heads, c_t for
      ``weighted``): one backward pass, as EW's;
    - ``param``: a zero-valued node whose backward writes u = Σ c_t g_t into the shared parameters, h_t ∇f_t
      into task t's parameters and the method's own parameter gradients; it costs one multiply per parameter
      and no further pass through the network (LibMTL's extra backward of Σ α_t L_t, §6 #9, is not repeated).
-   Model-internal terms (``TaskLosses.extra``) are added with weight 1 and back-propagated normally.
+     Model-internal terms (``TaskLosses.extra``, weight 1) get one more pass: their shared gradient is a row
+     that joins the rows' all-reduce and accumulation, never the Gramian.
 
-Under DDP the shared update is identical on every rank, so DDP's gradient average leaves it unchanged (exactly
-for power-of-two world sizes); the task-specific gradients are averaged as usual.
+Gradient accumulation (:class:`RowAccumulator`): in param space the rows of the k micro-batches are summed and
+aggregated once, on the last micro-batch, so the step is that of the k-times larger batch. Under DDP, param-space
+steps keep DDP's reducer out (``weighting/ddp_sync.py``): u is written identically on every rank and never
+all-reduced again; rep-space steps use DDP's ordinary synchronised backward.
 """
 
 from __future__ import annotations
