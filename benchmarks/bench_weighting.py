@@ -20,6 +20,12 @@ third table compares each method with the peers' implementations of the same rul
 torchjd 0.18 (``make bench-peers`` installs them; without them the table says "peer not installed"), on the
 same model copy, inputs and seeds: the per-step time ratio (ours / peer, interleaved rounds) and the
 agreement of the shared-parameter update of the first step (relative difference; 1e-5 is "same update").
+
+``--agreement`` prints only the agreement evidence (``weighting_agreement.py``): per peer row and task set, the
+update difference at the peer's default settings, at matched settings (a tighter peer stopping rule, the same
+PCGrad projection orders) and in float64, each side's distance to densemtl's rule solved in fp64, and the
+optimality certificates (MGDA and CAGrad Frank–Wolfe gaps, IMTL projection spread, Nash-MTL bargaining
+residual) of both sides' weights. ``--smoke`` runs two of its rows at T = 3, tiny.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ GRADIENT_METHODS = [
     "gradnorm@param",
     "db_mtl@param",
 ]
+SMOKE_AGREEMENT = {("libmtl", "pcgrad", "param"), ("torchjd", "nash_mtl", "param")}
+"""The agreement rows ``--smoke`` runs (T = 3, tiny)."""
 SETUPS = {
     3: ("nyud", ["semseg", "depth", "normals"], {"semseg": 40}),
     5: ("pascal", ["semseg", "human_parts", "normals", "sal", "edge"], {"semseg": 21, "human_parts": 7}),
@@ -218,6 +226,9 @@ def main(argv=None) -> None:
     parser.add_argument("--gradient-methods", nargs="*", default=GRADIENT_METHODS, help="method@space entries")
     parser.add_argument("--peer-steps", type=int, default=10, help="timed steps per peer comparison")
     parser.add_argument("--no-peers", action="store_true", help="skip the peer comparison")
+    parser.add_argument(
+        "--agreement", action="store_true", help="only the agreement evidence against the peers (no timing)"
+    )
     args = parser.parse_args(argv)
     smoke_peers = None
     if args.smoke:
@@ -225,6 +236,19 @@ def main(argv=None) -> None:
         args.gradient_methods = [m for m in args.gradient_methods if m in ("mgda@rep", "mgda@param")]
         args.peer_steps = 1
         smoke_peers = {("libmtl", "imtl", "rep"), ("torchjd", "upgrad", "param")}
+    if args.agreement:
+        from weighting_agreement import report_agreement
+
+        torch.set_num_threads(args.threads)
+        print(
+            f"HPS (tf_efficientnet_lite0, random init), {args.size[0]}x{args.size[1]}, batch {args.batch}, CPU, "
+            f"{args.threads} thread(s), load average {os.getloadavg()[0]:.2f} at start"
+        )
+        report_agreement(
+            tuple(args.size), args.batch, (3,) if args.smoke else tuple(SETUPS), SMOKE_AGREEMENT if args.smoke else None
+        )
+        print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
+        return
     methods = ["ew"] + [m for m in args.methods if m != "ew"]
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -253,6 +277,10 @@ def main(argv=None) -> None:
         report_gradient_methods(args)
     if not args.no_peers:
         report_peers(args, smoke_peers)
+        if args.smoke:  # the agreement evidence, two rows, T = 3
+            from weighting_agreement import report_agreement
+
+            report_agreement(tuple(args.size), args.batch, (3,), SMOKE_AGREEMENT)
     if hasattr(os, "getloadavg"):
         print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
 

@@ -11,21 +11,33 @@ same criterion and AdamW settings, through the peer's own gradient code:
   ``torchvision.models.utils`` (removed in torchvision 0.13); the adapter aliases it to ``torch.hub``'s loader.
 - torchjd: ``autojac.mtl_backward(losses, features=rep)`` (the Jacobian with respect to the shared
   parameters, via ``rep``), then ``jac_to_grad(shared_params, aggregator)``.
+
+For the agreement check (``weighting_agreement.py``) a runner can also:
+
+- record the peer's weights of each step (``weights_seen``: LibMTL's return value, torchjd's weighting output);
+- run at *matched* settings (``tight=True``): the solver knobs in :data:`TIGHT`, the only change to the peer;
+- run in float64 (``float64=True``: the model copy in fp64 and, for LibMTL, ``torch.get_default_dtype()``
+  fp64 during its step, because it allocates its gradient vectors with the default dtype);
+- draw PCGrad's projection orders from a given torch generator state (``permutation_state``), the draws our
+  PCGrad makes (``torch.randperm(T, generator)`` once per task, in task order): torchjd draws the same calls
+  from the global torch generator, which is set to that state around its step; LibMTL's ``random.shuffle`` of
+  ``list(range(T))`` is replaced, during its step only, by the same ``randperm`` draws.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
 from densemtl.models.baselines import resize_to
 
-__all__ = ["PEERS", "UPDATE_SCALE", "PeerRunner", "peer_available"]
+__all__ = ["PEERS", "TIGHT", "UPDATE_SCALE", "PeerRunner", "peer_available"]
 
 
 def peer_available(peer: str) -> bool:
@@ -42,9 +54,13 @@ def _libmtl_weighting(name: str) -> type:
     return getattr(lw, name)
 
 
-def _torchjd_aggregator(name: str, num_tasks: int) -> Callable:
+def _torchjd_aggregator(name: str, num_tasks: int, tight: bool = False) -> Callable:
     from torchjd import aggregation as agg
 
+    if tight and name == "mgda":
+        return agg.MGDA(epsilon=TIGHT_MGDA_EPSILON, max_iters=TIGHT_MGDA_ITERS)
+    if tight and name == "nash_mtl":
+        return agg.NashMTL(n_tasks=num_tasks, max_norm=0.0, update_weights_every=1, optim_niter=TIGHT_NASH_ITERS)
     return {
         "upgrad": lambda: agg.UPGrad(),
         "mgda": lambda: agg.MGDA(),
@@ -74,6 +90,20 @@ PEERS: dict[tuple[str, str, str], tuple[str, dict, str]] = {
 }
 
 
+TIGHT_MGDA_EPSILON, TIGHT_MGDA_ITERS = 1e-12, 100_000
+TIGHT_NASH_ITERS = 1000
+TIGHT_SLSQP = {"ftol": 1e-14, "maxiter": 1000}
+TIGHT_CLARABEL = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12}
+
+TIGHT: dict[tuple[str, str], str] = {
+    ("torchjd", "mgda"): f"`MGDA(epsilon={TIGHT_MGDA_EPSILON:g}, max_iters={TIGHT_MGDA_ITERS})`",
+    ("torchjd", "nash_mtl"): f"`NashMTL(optim_niter={TIGHT_NASH_ITERS})`",
+    ("libmtl", "cagrad"): "SLSQP `ftol` 1e-14, `maxiter` 1000 (patched into LibMTL's CAGrad module)",
+    ("torchjd", "cagrad"): "Clarabel gap and feasibility tolerances 1e-12 (patched into `Problem.solve`)",
+}
+"""The peers' solver knobs set by ``tight=True`` (the peer's update rule is otherwise untouched)."""
+
+
 UPDATE_SCALE: dict[tuple[str, str, str], Callable[[int], float]] = {
     ("torchjd", "aligned_mtl", "param"): lambda t: 1 / t,
 }
@@ -83,9 +113,23 @@ UPDATE_SCALE: dict[tuple[str, str, str], Callable[[int], float]] = {
 class PeerRunner:
     """One peer method training a copy of ``module``'s HPS model (same initial weights and criterion)."""
 
-    def __init__(self, peer: str, method: str, space: str, module) -> None:
+    def __init__(
+        self,
+        peer: str,
+        method: str,
+        space: str,
+        module,
+        *,
+        tight: bool = False,
+        float64: bool = False,
+        permutation_state: torch.Tensor | None = None,
+    ) -> None:
         self.peer, self.method, self.space = peer, method, space
+        self.tight, self.float64, self.permutation_state = tight, float64, permutation_state
+        self.weights_seen: list[torch.Tensor] = []
         self.model = copy.deepcopy(module.model)
+        if float64:
+            self.model.double()
         self.model.train()
         self.criterion = module.criterion
         self.tasks = tuple(module.tasks)
@@ -105,12 +149,16 @@ class PeerRunner:
             w.get_share_params = self.model.trunk.parameters
             w.zero_grad_share_params = lambda: self.model.trunk.zero_grad(set_to_none=False)
             w.epoch = 1
-            w.init_param()
+            with self._dtype():
+                w.init_param()
             extra = [p for p in w.parameters() if p.requires_grad]
             self.weighting = w
             self.kwargs = {"mgda_gn": "none", "calpha": 0.4, "rescale": 1}
         else:
-            self.aggregator = _torchjd_aggregator(method, len(self.tasks))
+            self.aggregator = _torchjd_aggregator(method, len(self.tasks), tight)
+            self.aggregator.weighting.register_forward_hook(
+                lambda _m, _i, out: self.weights_seen.append(out.detach().double().clone())
+            )
         params = [p for p in self.model.parameters() if p.requires_grad] + extra
         self.optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
 
@@ -135,12 +183,86 @@ class PeerRunner:
     def backward(self, batch: dict) -> None:
         losses, rep = self._losses(batch)
         if self.peer == "libmtl":
-            self.weighting.backward(torch.stack(losses), **self.kwargs)
+            with self._dtype(), self._libmtl_patches():
+                weights = self.weighting.backward(torch.stack(losses), **self.kwargs)
+            self.weights_seen.append(torch.as_tensor(weights, dtype=torch.float64).detach().clone())
         else:
             from torchjd.autojac import jac_to_grad, mtl_backward
 
             mtl_backward(losses, features=rep, tasks_params=self.heads, shared_params=self.shared)
-            jac_to_grad(self.shared, self.aggregator)
+            with self._global_torch_rng(), self._torchjd_patches():
+                jac_to_grad(self.shared, self.aggregator)
+
+    @contextlib.contextmanager
+    def _dtype(self) -> Iterator[None]:
+        """LibMTL allocates its gradient vectors with the default dtype: fp64 while the runner is fp64."""
+        old = torch.get_default_dtype()
+        if self.float64:
+            torch.set_default_dtype(torch.float64)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(old)
+
+    @contextlib.contextmanager
+    def _global_torch_rng(self) -> Iterator[None]:
+        """torchjd's PCGrad draws ``torch.randperm`` from the global generator: set it to the given state."""
+        if self.permutation_state is None:
+            yield
+            return
+        saved = torch.get_rng_state()
+        torch.set_rng_state(self.permutation_state)
+        try:
+            yield
+        finally:
+            torch.set_rng_state(saved)
+
+    @contextlib.contextmanager
+    def _torchjd_patches(self) -> Iterator[None]:
+        """During torchjd's CAGrad step only, with ``tight``: Clarabel's tolerances (torchjd passes none)."""
+        if not (self.tight and self.method == "cagrad"):
+            yield
+            return
+        import cvxpy
+
+        solve = cvxpy.Problem.solve
+
+        def tight_solve(problem, *args, **kwargs):
+            return solve(problem, *args, **kwargs, **TIGHT_CLARABEL)
+
+        cvxpy.Problem.solve = tight_solve
+        try:
+            yield
+        finally:
+            cvxpy.Problem.solve = solve
+
+    @contextlib.contextmanager
+    def _libmtl_patches(self) -> Iterator[None]:
+        """During LibMTL's step only: PCGrad's shuffle from ``permutation_state``; CAGrad's SLSQP tolerance."""
+        patches = []
+        if self.method == "pcgrad" and self.permutation_state is not None:
+            generator = torch.Generator().set_state(self.permutation_state)
+
+            def shuffle(x: list) -> None:
+                x[:] = [x[k] for k in torch.randperm(len(x), generator=generator).tolist()]
+
+            patches.append((sys.modules["LibMTL.weighting.PCGrad"], "random", types.SimpleNamespace(shuffle=shuffle)))
+        if self.method == "cagrad" and self.tight:
+            module = sys.modules["LibMTL.weighting.CAGrad"]
+            minimize = module.minimize
+
+            def tight_minimize(*args, **kwargs):
+                return minimize(*args, **kwargs, options=dict(TIGHT_SLSQP))
+
+            patches.append((module, "minimize", tight_minimize))
+        saved = [(m, name, getattr(m, name)) for m, name, _ in patches]
+        for m, name, value in patches:
+            setattr(m, name, value)
+        try:
+            yield
+        finally:
+            for m, name, value in saved:
+                setattr(m, name, value)
 
     def step(self, batch: dict) -> None:
         self.optimizer.zero_grad(set_to_none=True)
