@@ -56,6 +56,8 @@ class _CNNFamily(MultiTaskModel):
     """Backbone plumbing shared by the four CNN models."""
 
     smoke_kwargs: dict[str, Any] = {"encoder": "tf_efficientnet_lite0", "input_size": (60, 80)}
+    size_reason = "its input_size argument; leave it unset to accept any size"
+    """Why the model checks the image size (CTAL: its grouped conv has one kernel per feature-grid pixel)."""
 
     def __init__(
         self,
@@ -82,9 +84,9 @@ class _CNNFamily(MultiTaskModel):
         check_images(images)
         if self.input_size is not None and tuple(images.shape[-2:]) != self.input_size:
             raise ValueError(
-                f"{type(self).__name__} was built for {self.input_size[0]}x{self.input_size[1]} images (CTAL's grouped "
-                f"conv has one kernel per feature-grid pixel), got {images.shape[-2]}x{images.shape[-1]}; set "
-                f"{INPUT_SIZE_SETTING} to the size you train and test at"
+                f"{type(self).__name__} was built for {self.input_size[0]}x{self.input_size[1]} images "
+                f"({self.size_reason}), got {images.shape[-2]}x{images.shape[-1]}; set {INPUT_SIZE_SETTING} to the "
+                "size you train and test at"
             )
 
 
@@ -176,6 +178,8 @@ class CTALNet(_CNNFamily):
         recompute_out: recompute the CTAL block's conv_out activations in the backward pass (exact, less memory);
             None: with the linear form only (:class:`~densemtl.models.ctal.module.CTALBlock`).
     """
+
+    size_reason = "CTAL's grouped conv has one kernel per feature-grid pixel"
 
     def __init__(
         self,
@@ -318,6 +322,8 @@ class CTALMSNet(_CNNFamily):
     Args: as :class:`CTALNet` (``recompute_out`` too), plus ``fpm_grouping``: ``"reference"`` (released quirk) or
     ``"task"``.
     """
+
+    size_reason = "CTAL's grouped conv has one kernel per feature-grid pixel"
 
     def __init__(
         self,
