@@ -435,3 +435,25 @@ def test_fp16_scale_is_removed_before_the_gramian_and_overflow_skips_the_weighti
     module.zero_grad()
     bad.objective.backward()
     assert not torch.isfinite(next(module.model.trunk.parameters()).grad).all()
+
+
+def test_gramian_is_accurate_and_symmetric_for_long_rows():
+    """K of 4 rows of d = 1,000,003 fp32 entries (magnitudes over 3 decades, two near-parallel rows, d not a
+    multiple of the block) matches the fp64 product to 1e-6 relative, is exactly symmetric, and leaves the
+    global matmul precision as it found it."""
+    from densemtl.weighting.gradients import _gram
+
+    g = torch.Generator().manual_seed(0)
+    d = 1_000_003
+    rows = torch.randn(4, d, generator=g) * torch.logspace(-3, 0, d)
+    rows[1] = 0.5 * rows[0] + 0.01 * torch.randn(d, generator=g)
+    exact = rows.double() @ rows.double().T
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        gram = _gram(rows)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert gram.dtype == torch.float32 and torch.equal(gram, gram.T)
+    assert float((gram.double() - exact).abs().max() / exact.abs().max()) < 1e-6
