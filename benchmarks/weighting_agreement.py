@@ -3,7 +3,7 @@
 For one (peer, method, space) of ``weighting_peers.PEERS`` and one task set, on the same model copy and batch,
 the first step's shared update is computed by:
 
-- ``ours``: densemtl's engine (fp32 rows and Gramian, the method's own solver);
+- ``ours``: densemtl's engine (fp32 rows, the blocked Gramian, the method's own solver);
 - ``ref32``: densemtl's rule, through the method's own ``weights(K)`` from the same method state (generator
   included), on the fp32 model's rows with K = GGᵀ and the update in fp64: the exact answer for those rows;
 - ``ref64``: the same on float64 rows (the model copy and the batch in fp64);
@@ -15,8 +15,9 @@ rows, K, the solve and the update; the losses' own gradients are the same fp32 v
 
 Each update is compared as ‖u − v‖/‖v‖. Where the rule has an optimality certificate, it is evaluated for
 every side's weights (densemtl's from the engine, the peer's from ``weights_seen``) on the Gramian that side
-solved: the fp32 GEMM K = GGᵀ of the fp32 rows (what densemtl's engine and the peers compute) for the fp32
-runs, the fp64 K for the fp64 runs. So it measures the solver, not the rounding of K:
+solved: for the fp32 runs, densemtl's blocked Gramian (``gradients._gram``) for ours and the single fp32 GEMM
+K = GGᵀ of the fp32 rows for the peers; the fp64 K for the fp64 runs. So it measures the solver, not the
+rounding of K:
 
 - MGDA: the relative Frank–Wolfe gap (αᵀKα − min_t (Kα)_t)/αᵀKα, an upper bound on f(α) − f*, relative;
 - CAGrad: the relative Frank–Wolfe gap of F(w) = wᵀK1/T + c_abs√(wᵀKw + 1e-8) (spec §3.2) at the simplex
@@ -40,6 +41,7 @@ from torch import Tensor
 
 from densemtl.models.baselines import resize_to
 from densemtl.weighting import StepContext
+from densemtl.weighting.gradients import _gram
 from densemtl.weighting.pcgrad import pcgrad_coefficients
 
 __all__ = ["CERTIFICATES", "agreement", "certificate", "float64_rows"]
@@ -160,9 +162,10 @@ def agreement(peer: str, method: str, space: str, num_tasks: int, size, batch_si
     ):
         rows, update = float64_rows(model, ours.module.criterion, tasks, rows_batch, space)
         k = rows @ rows.T
-        if name == "32":  # the fp32 GEMM Gramian that densemtl's engine and the peers solve on
+        if name == "32":  # the Gramians the two sides solve on: the peers' one fp32 GEMM, densemtl's blocked K
             k_gemm = (rows.float() @ rows.float().T).double().numpy()
-            k_gemm = 0.5 * (k_gemm + k_gemm.T)  # the fp32 GEMM is asymmetric by rounding; judge both on one K
+            k_gemm = 0.5 * (k_gemm + k_gemm.T)  # the fp32 GEMM is asymmetric by rounding; judge peers on one K
+            k_engine = _gram(rows.float()).double().numpy()
         agg = copy.deepcopy(rule).weights(k, {}, StepContext(epoch=0, step=1, loss_values=loss_values))
         refs[name] = (k.numpy(), agg, update(agg.coefficients) * scale, update)
     batch64 = _to64(batch)
@@ -195,7 +198,7 @@ def agreement(peer: str, method: str, space: str, num_tasks: int, size, batch_si
         pick = (lambda a: a.weights) if method == "cagrad" else (lambda a: a.coefficients)
         k32, k64 = k_gemm, refs["64"][0]
         result["certificate"] = CERTIFICATES[method][0]
-        result["cert_ours"] = certificate(method, k32, pick(ours_agg), c)
+        result["cert_ours"] = certificate(method, k_engine, pick(ours_agg), c)
         result["cert_ref64"] = certificate(method, k64, pick(refs["64"][1]), c)
         for name, runner in runs.items():
             w = _simplex_weights(peer, method, runner.weights_seen[-1], num_tasks)
