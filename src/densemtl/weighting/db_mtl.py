@@ -56,9 +56,11 @@ class DBMTL(GradientWeighting):
     def aggregate(self, rows: Tensor, losses: Mapping[str, Tensor], ctx: StepContext) -> Aggregation:
         k = self.steps + 1
         beta_k = self.beta / k**self.beta_sigma
-        previous = torch.zeros_like(rows) if self.ema is None or self.ema.shape != rows.shape else self.ema.to(rows)
-        ema = beta_k * previous + (1 - beta_k) * rows
-        norms = torch.sqrt((ema * ema).sum(dim=1))
+        if self.ema is None or self.ema.shape != rows.shape:  # ĝ starts at 0
+            ema = rows * (1 - beta_k)
+        else:  # β_k ĝ + (1 − β_k) g in one pass over the (T, d) rows
+            ema = torch.lerp(rows, self.ema.to(rows), beta_k)
+        norms = torch.linalg.vector_norm(ema, dim=1)
         alpha = norms.max() / (norms + EPS)
         self._staged = ema
         return Aggregation(weights=alpha, update=alpha @ ema)

@@ -126,7 +126,8 @@ class GradientStep:
         weights: task -> native weight; None on a micro-batch before the last of an accumulation window.
         effective: task -> c_t on ∇L_t (when defined).
         rows: (T, d) fp32 rows (rank-averaged; rank-local with ``rep_reduce="flatten"``; this micro-batch's,
-            rank-local, before the last micro-batch of a window); gram: (T, T) fp32, or None before the last.
+            rank-local, before the last micro-batch of a window); gram: (T, T) fp32, or None before the last
+            micro-batch and for ``task_grads`` methods in param space (they work on the rows).
         coefficients: (T,) c with u = Σ c_t g_t, or None.
     """
 
@@ -450,9 +451,10 @@ def gradient_step(
         rows = reduce(rows)  # rows and the internal terms' row in one collective
         internal_row = rows[len(tasks)] if internal is not None and branches is None else None
         rows = rows[: len(tasks)]
-        gram = _gram(rows)
-    if scale is not None and not bool(torch.isfinite(gram).all()):  # fp16 overflow: the scaler skips the step
-        nan = torch.full((len(tasks),), float("nan"), device=gram.device)
+        gram = _gram(rows) if kind is Kind.GRAMIAN else None  # task_grads methods work on the rows
+    checked = gram if gram is not None else rows
+    if scale is not None and not bool(torch.isfinite(checked).all()):  # fp16 overflow: the scaler skips the step
+        nan = torch.full((len(tasks),), float("nan"), device=rows.device)
         agg = Aggregation(weights=nan, coefficients=nan)
     elif kind is Kind.GRAMIAN:
         agg = weighting.weights(gram, terms, ctx)
