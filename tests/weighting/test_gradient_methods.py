@@ -140,7 +140,7 @@ def test_pcgrad_gram_tracking_equals_row_based_reference():
     for t in (3, 5):
         g = rng.normal(size=(t, 7))
         orders = [list(rng.permutation(t)) for _ in range(t)]
-        coef = pcgrad_coefficients(g @ g.T, orders)
+        coef = pcgrad_coefficients(torch.from_numpy(g @ g.T), orders).numpy()
         assert coef.sum(axis=0) @ g == pytest.approx(_pcgrad_rows_reference(g, orders), abs=1e-10)
 
 
@@ -443,3 +443,39 @@ def test_libmtl_names_and_arguments_are_accepted():
     assert build_weighting("MGDA", {"mgda_gn": "l2"}).normalize == "l2"
     assert build_weighting("Aligned_MTL").space == "param"
     assert build_weighting("DB_MTL", {"DB_beta": 0.5}).beta == 0.5
+
+
+# ------------------------------------------------------------------------- on-device solvers (simplex_qp.py)
+def test_mgda_device_simplex_qp_matches_brute_force_optimum():
+    from densemtl.weighting.simplex_qp import simplex_min_norm
+
+    rng = np.random.default_rng(0)
+    for t in (3, 4, 6, 8):
+        g = rng.normal(size=(t, 5))
+        k = g @ g.T
+        w = simplex_min_norm(torch.tensor(k)).numpy()
+        assert w.min() >= 0 and w.sum() == pytest.approx(1.0, abs=1e-12)
+        best = min(
+            minimize(
+                lambda x, k=k: x @ k @ x,
+                s / s.sum(),
+                jac=lambda x, k=k: 2 * k @ x,
+                method="SLSQP",
+                bounds=[(0, 1)] * t,
+                constraints=({"type": "eq", "fun": lambda x: x.sum() - 1},),
+                options={"ftol": 1e-16, "maxiter": 1000},
+            ).fun
+            for s in rng.uniform(0.1, 1, size=(5, t))
+        )
+        assert w @ k @ w <= best * (1 + 1e-9) + 1e-15
+
+
+def test_mgda_and_upgrad_weights_stay_on_the_gramian_dtype_and_device():
+    rows = _random_rows(3, t=4, d=3)  # T > d: rank-deficient K
+    for name in ("mgda", "upgrad"):
+        g = torch.tensor(rows, dtype=torch.float32)
+        m = _method(name, t=4)
+        ctx = StepContext(epoch=1, step=1, loss_values=torch.ones(4), generator=m.generator)
+        agg = m.weights(g @ g.T, _losses(4), ctx)
+        assert agg.weights.dtype == torch.float32 and agg.weights.device == g.device
+        assert torch.isfinite(agg.coefficients).all()

@@ -2,8 +2,11 @@
 
 α* = argmin_{α ∈ Δ_T} ‖Σ_t α_t g_t / ν_t‖², computed from K and the normalisers ν (``normalize``: none → 1,
 l2 → n_t = ‖g_t‖, loss → L̄_t, loss+ → L̄_t n_t, with L̄_t the rank-averaged step loss); u = Σ_t α_t g_t / ν_t.
-Native weights α (Σα = 1), effective coefficients α_t / ν_t. The simplex QP is solved exactly (closed form
-for T = 2, clipped to the exact [0, 1]; NNLS reduction for T ≥ 3, ``weighting/solvers.py``).
+Native weights α (Σα = 1), effective coefficients α_t / ν_t. The simplex QP is solved exactly in float64 on
+K's device, with no host synchronisation, by batched active-set enumeration (``weighting/simplex_qp.py``; for
+T = 2 this reproduces the closed form clip(⟨g_2 − g_1, g_2⟩ / ‖g_1 − g_2‖², 0, 1)). Above
+``MAX_ENUMERATION_TASKS`` (12) tasks it falls back to the host NNLS solver (``weighting/solvers.py``), which
+copies K to the host every step.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from torch import Tensor
 
 from densemtl.weighting.base import StepContext, register_weighting
 from densemtl.weighting.gradient_method import Aggregation, GradientWeighting
-from densemtl.weighting.solvers import min_norm_simplex
+from densemtl.weighting.simplex_qp import MAX_ENUMERATION_TASKS, simplex_min_norm
+from densemtl.weighting.solvers import reference_min_norm_simplex
 
 __all__ = ["MGDA", "MGDAUB", "gradient_normalisers"]
 
@@ -66,7 +70,10 @@ class MGDA(GradientWeighting):
     def weights(self, gram: Tensor, losses: Mapping[str, Tensor], ctx: StepContext) -> Aggregation:
         nu = gradient_normalisers(gram, ctx.loss_values, self.normalize).double()
         scaled = gram.double() / (nu[:, None] * nu[None, :])
-        alpha = torch.from_numpy(min_norm_simplex(scaled.cpu().numpy())).to(gram.device)
+        if scaled.shape[0] <= MAX_ENUMERATION_TASKS:
+            alpha = simplex_min_norm(scaled)  # on the device, no host sync
+        else:  # host fallback for many tasks: one device-to-host copy of K per step
+            alpha = torch.from_numpy(reference_min_norm_simplex(scaled.cpu().numpy())).to(gram.device)
         coef = (alpha / nu).to(gram.dtype)
         return Aggregation(weights=alpha.to(gram.dtype), coefficients=coef, effective=coef)
 

@@ -1,14 +1,17 @@
-"""Small exact solvers on the T×T Gramian, in float64 on the host (T ≤ 10: microseconds per step).
+"""Small exact solvers on the T×T Gramian, in float64 with numpy/SciPy on the host.
 
-The Gramian of T rows is fetched once per step (one device-to-host copy of T² numbers); the solvers are
-deterministic given their inputs, so every DDP rank computes the same weights from the same reduced K.
+Calling them from a training step copies K to the host (T² numbers) and synchronises the device every step
+(``spec/weighting.md`` §6 defect #10). They are deterministic given their inputs, so every DDP rank computes
+the same weights from the same reduced K.
 
-- :func:`min_norm_simplex`: argmin_{w ∈ Δ_T} wᵀKw (MGDA), exactly, through the classical reduction of the
-  min-norm point of a convex hull to non-negative least squares (Lawson–Hanson active set):
-  v* = argmin_{v ≥ 0} ‖P v‖² + (1ᵀv − 1)² with PᵀP = K gives w* = v* / 1ᵀv*.
-- :func:`lower_bounded_qp`: argmin_{v ≥ b} vᵀKv (UPGrad), by NNLS on v − b.
+- :func:`reference_min_norm_simplex`: argmin_{w ∈ Δ_T} wᵀKw (MGDA), exactly, through the classical reduction
+  of the min-norm point of a convex hull to non-negative least squares (Lawson–Hanson active set):
+  v* = argmin_{v ≥ 0} ‖P v‖² + (1ᵀv − 1)² with PᵀP = K gives w* = v* / 1ᵀv*. MGDA solves this on the device
+  (``weighting/simplex_qp.py``); this host version is the tests' reference and MGDA's fallback above 12 tasks.
+- :func:`reference_lower_bounded_qp`: argmin_{v ≥ b} vᵀKv (UPGrad), by NNLS on v − b. Likewise the reference
+  for UPGrad's on-device solve and its fallback above 12 tasks.
 - :func:`nash_bargaining`: α > 0 with α ⊙ Kα = 1 (Nash-MTL), by damped Newton on the strictly convex
-  ½αᵀKα − Σ log α, whose stationary point is that system.
+  ½αᵀKα − Σ log α, whose stationary point is that system. Nash-MTL's explicitly CPU solver (§1.5).
 - :func:`cagrad_weights`: argmin_{w ∈ Δ_T} wᵀb + c √(wᵀKw + ε) (CAGrad), by SLSQP with the exact gradient
   (the reference solver) at a tight tolerance.
 """
@@ -18,7 +21,14 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize, nnls
 
-__all__ = ["cagrad_weights", "gram_factor", "lower_bounded_qp", "min_norm_simplex", "nash_bargaining"]
+__all__ = [
+    "cagrad_weights",
+    "gram_factor",
+    "min_norm_simplex",
+    "nash_bargaining",
+    "reference_lower_bounded_qp",
+    "reference_min_norm_simplex",
+]
 
 
 def gram_factor(gram: np.ndarray) -> np.ndarray:
@@ -28,8 +38,8 @@ def gram_factor(gram: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(lam, 0.0, None))[:, None] * vec.T
 
 
-def min_norm_simplex(gram: np.ndarray) -> np.ndarray:
-    """argmin_{w ∈ Δ_T} wᵀKw for a PSD K (T, T) float64; exact up to float64 rounding."""
+def reference_min_norm_simplex(gram: np.ndarray) -> np.ndarray:
+    """argmin_{w ∈ Δ_T} wᵀKw for a PSD K (T, T) float64 on the host; exact up to float64 rounding."""
     t = gram.shape[0]
     if t == 1:
         return np.ones(1)
@@ -46,11 +56,15 @@ def min_norm_simplex(gram: np.ndarray) -> np.ndarray:
     return v / s if s > 0 else np.full(t, 1.0 / t)
 
 
-def lower_bounded_qp(gram: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    """argmin_{v ≥ lower} vᵀKv for a PSD K (T, T) float64 (exact active-set NNLS on z = v − lower ≥ 0)."""
+def reference_lower_bounded_qp(gram: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """argmin_{v ≥ lower} vᵀKv for a PSD K (T, T) float64 on the host (exact active-set NNLS on z = v − lower ≥ 0)."""
     p = gram_factor(gram)
     z, _ = nnls(p, -p @ lower, maxiter=50 * gram.shape[0])
     return lower + z
+
+
+min_norm_simplex = reference_min_norm_simplex
+"""Former name of :func:`reference_min_norm_simplex` (host), kept for existing callers."""
 
 
 def nash_bargaining(
