@@ -214,8 +214,8 @@ def agreement(peer: str, method: str, space: str, num_tasks: int, size, batch_si
         orders = [torch.randperm(num_tasks, generator=generator).tolist() for _ in range(num_tasks)]
         skip_self = [[j for j in order if j != i] for i, order in enumerate(orders)]
         k64, update64 = refs["64"][0], refs["64"][3]
-        w_skip = torch.from_numpy(pcgrad_coefficients(k64, skip_self).sum(axis=0))
-        w_all = torch.from_numpy(pcgrad_coefficients(k64, orders).sum(axis=0))
+        w_skip = pcgrad_coefficients(torch.from_numpy(k64), skip_self).sum(dim=0)
+        w_all = pcgrad_coefficients(torch.from_numpy(k64), orders).sum(dim=0)
         result["skip_self_vs_fp64"] = _rel(update64(w_skip), updates["fp64"])
         result["self_projections"] = bool((w_skip - w_all).abs().max() > 0)
     return result
