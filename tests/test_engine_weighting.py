@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from densemtl.engine import WEIGHTS_PNG, MultiTaskModule
 from densemtl.weighting import TrainInfo
 from densemtl.weighting.epoch_stats import EpochAccumulator
+from trainers import quiet_trainer
 
 TASKS = ["semseg", "depth", "normals"]
 
@@ -83,18 +84,7 @@ def _module(weighting: str = "ew", weighting_args: dict | None = None, **kwargs)
 
 
 def _trainer(root, max_steps: int, **kwargs) -> L.Trainer:
-    return L.Trainer(
-        default_root_dir=root,
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        deterministic=True,
-        **kwargs,
-    )
+    return quiet_trainer(root, max_steps=max_steps, deterministic=True, **kwargs)
 
 
 def _tensors(module: MultiTaskModule) -> dict:
@@ -194,16 +184,7 @@ def test_weight_plot_goes_to_the_run_folder_and_tensorboard(tmp_path):
 
     module = _module("rlw")
     logger = TensorBoardLogger(tmp_path, name="run")
-    trainer = L.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=logger,
-        log_every_n_steps=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=3, logger=logger, log_every_n_steps=1)
     trainer.fit(module, DataLoader(_Samples(4), batch_size=2))
     run_dir = tmp_path / "run" / "version_0"
     assert (run_dir / WEIGHTS_PNG).stat().st_size > 1000

@@ -18,6 +18,7 @@ from densemtl.checkpointing import AtomicCheckpointIO, RandomState
 from densemtl.data.datamodule import MultiTaskDataModule
 from densemtl.engine import MultiTaskModule
 from densemtl.interrupts import INTERRUPT_CKPT, GracefulInterrupt
+from trainers import quiet_trainer
 
 TASKS = ["semseg", "depth", "normals"]
 BATCHES_PER_EPOCH = 3  # 6 training images, batch size 2
@@ -72,15 +73,9 @@ class _SignalAt(L.Callback):
 
 def _fit(root, data_root, workers: int, max_steps: int, callbacks=(), ckpt_path=None):
     module = _module()
-    trainer = L.Trainer(
-        default_root_dir=root,
+    trainer = quiet_trainer(
+        root,
         max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
         deterministic=True,
         plugins=[AtomicCheckpointIO()],
         callbacks=[GracefulInterrupt(), RandomState(), *callbacks],

@@ -23,6 +23,7 @@ from engine_steps import synthetic_sample
 from torch.utils.data import DataLoader
 
 from densemtl.engine import MultiTaskModule
+from trainers import quiet_trainer
 
 TASKS = ["semseg", "depth", "normals"]
 STEPS, GLOBAL_BATCH = 2, 4
@@ -120,20 +121,15 @@ def _fit(case: str, rank: int, world: int) -> dict:
 
 
 def _trainer(root: str, world: int, strategy, accumulate: int, comm: _CommCount) -> L.Trainer:
-    return L.Trainer(
-        default_root_dir=root,
-        accelerator="cpu",
+    callbacks = [_FrozenNorm(), comm] if world > 1 else [_FrozenNorm()]
+    return quiet_trainer(
+        root,
         devices=world,
         strategy=strategy,
         max_steps=STEPS,
         accumulate_grad_batches=accumulate,
         use_distributed_sampler=False,
-        callbacks=[_FrozenNorm(), comm] if world > 1 else [_FrozenNorm()],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
+        callbacks=callbacks,
     )
 
 

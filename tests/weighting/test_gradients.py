@@ -4,7 +4,6 @@ accumulation and clipping through Lightning, the separate-loss guard and the par
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from engine_steps import synthetic_batch, synthetic_sample
@@ -16,6 +15,7 @@ from densemtl.models.base import MultiTaskModel, MultiTaskOutput
 from densemtl.weighting import StepContext, TrainInfo
 from densemtl.weighting.base import task_objective_terms
 from densemtl.weighting.gradients import GradientSpace
+from trainers import quiet_trainer
 
 TASKS = ["semseg", "depth", "normals"]
 
@@ -201,18 +201,7 @@ class _Samples(Dataset):
 
 
 def _fit_one_step(module: MultiTaskModule, root, accumulate: int, clip: float | None) -> None:
-    trainer = L.Trainer(
-        default_root_dir=root,
-        max_steps=1,
-        accumulate_grad_batches=accumulate,
-        gradient_clip_val=clip,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(root, max_steps=1, accumulate_grad_batches=accumulate, gradient_clip_val=clip)
     trainer.fit(module, DataLoader(_Samples(), batch_size=2, shuffle=False))
 
 
@@ -276,16 +265,7 @@ def test_exact_accumulation_equals_the_larger_batch(tmp_path):
         module = _module("pcgrad", {"space": "param"}, optimizer="sgd", lr=1.0, weight_decay=0.0, momentum=0.0)
         module.keep_gradients = False
         before = [p.detach().clone() for p in module.model.parameters()]
-        trainer = L.Trainer(
-            default_root_dir=tmp_path,
-            max_steps=1,
-            accumulate_grad_batches=accumulate,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-        )
+        trainer = quiet_trainer(tmp_path, max_steps=1, accumulate_grad_batches=accumulate)
         trainer.fit(module, DataLoader(_Samples(), batch_size=batch_size, shuffle=False))
         steps.append(torch.cat([(b - p.detach()).flatten() for b, p in zip(before, module.model.parameters())]))
     assert steps[0].norm() > 0
@@ -310,17 +290,7 @@ def _fp16_fit(method: str, args: dict, root, init_scale: float | None):
     plugins = []
     if init_scale is not None:  # Lightning maps "16-mixed" to bf16 on CPU; the plugin forces fp16 and a scaler
         plugins = [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=init_scale))]
-    trainer = L.Trainer(
-        default_root_dir=root,
-        accelerator="cpu",
-        max_steps=1,
-        plugins=plugins,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(root, max_steps=1, plugins=plugins)
     trainer.fit(module, DataLoader(_Samples(), batch_size=2, shuffle=False))
     step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, module.model.parameters())])
     scaler = getattr(trainer.precision_plugin, "scaler", None)
