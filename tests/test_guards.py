@@ -119,9 +119,7 @@ def test_a_nonfinite_gradient_skips_the_step(tmp_path, caplog):
 
     module, log = _module(), _ParameterLog()
     with caplog.at_level(logging.WARNING, logger="densemtl.guards"):
-        _trainer(tmp_path, 3, [NaNGradient(), NonFiniteGuard(), log], enable_checkpointing=False).fit(
-            module, _loader()
-        )
+        _trainer(tmp_path, 3, [NaNGradient(), NonFiniteGuard(), log], enable_checkpointing=False).fit(module, _loader())
     assert log.changed == [True, False, True]
     assert "step 1 skipped: non-finite gradient" in caplog.text
     assert not nonfinite_parameters(module)
@@ -178,6 +176,24 @@ def test_skip_nonfinite_losses_names_only_the_bad_tasks():
     assert skip_nonfinite_losses(module, finite) == []
     assert skip_nonfinite_losses(module, {**finite, "depth": torch.tensor(math.inf)}) == ["depth"]
     assert skip_nonfinite_losses(module, finite, objective=torch.tensor(math.nan)) == ["objective"]
+
+
+def _skip_decisions(rank: int, world: int) -> dict:
+    """Rank 0 sees a NaN depth loss, rank 1 only finite losses."""
+    module = torch.nn.Module()
+    module.global_step = 3
+    bad = float("nan") if rank == 0 else 1.0
+    losses = {"semseg": torch.tensor(1.0), "depth": torch.tensor(bad)}
+    return {
+        "skipped": skip_nonfinite_losses(module, losses),
+        "finite": skip_nonfinite_losses(module, {"a": torch.ones(())}),
+    }
+
+
+def test_under_ddp_a_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank(gloo_ranks):
+    """A rank that skipped its backward pass alone would leave the others waiting in DDP's all-reduce."""
+    ranks = gloo_ranks(_skip_decisions, world=2, timeout=120)
+    assert ranks[0] == ranks[1] == {"skipped": ["depth"], "finite": []}
 
 
 def test_fit_with_a_huge_learning_rate_stops_with_an_error_and_no_nonfinite_checkpoint(tmp_path, caplog):

@@ -24,8 +24,11 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
+
+from densemtl.weighting.epoch_stats import distributed_world_size
 
 __all__ = [
     "NonFiniteGuard",
@@ -91,6 +94,9 @@ def _loss_terms(losses: Any) -> dict[str, Tensor]:
 def skip_nonfinite_losses(module: L.LightningModule, losses: Any, objective: Tensor | None = None) -> list[str]:
     """The tasks whose loss is NaN/inf (``"objective"`` when only the weighted sum is); empty when all are finite.
 
+    Under DDP the check is over all ranks (one all-reduce of the flags): a NaN on one rank skips the step on
+    every rank, since a rank that skipped its backward pass would leave the others waiting in DDP's reduction.
+
     When the list is not empty it warns (step, task names) and tells the trainer's :class:`NonFiniteGuard`
     (if any) that this step is skipped; the caller must then skip the step (``return None`` from
     ``training_step``).
@@ -109,6 +115,10 @@ def skip_nonfinite_losses(module: L.LightningModule, losses: Any, objective: Ten
     if not values:
         return []
     finite = torch.stack(values).isfinite()
+    if distributed_world_size() > 1:  # every rank must skip together, or the others wait in DDP's all-reduce
+        nonfinite = (~finite).to(torch.float32)
+        dist.all_reduce(nonfinite, op=dist.ReduceOp.SUM)
+        finite = nonfinite == 0
     if bool(finite.all()):
         return []
     bad = [n for n, ok in zip(names, finite.tolist()) if not ok]
