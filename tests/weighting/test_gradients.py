@@ -245,15 +245,18 @@ def test_accumulation_and_clipping_through_lightning(tmp_path, method, args):
     the window's batch (exact: the mean rows over both micro-batches aggregated once, as one batch of 4) or the
     mean of the two micro-batches' own updates (``per_micro_batch``), each computed independently."""
     module = _module(method, args, optimizer="sgd", lr=1.0, weight_decay=0.0, momentum=0.0)
-    module.keep_gradients = False
     reference = _module(method, args)  # same initial weights; its weighting answers the expected weights
-    expected = _window_update(reference, ([0, 1], [2, 3]), exact=args.get("accumulation", "exact") == "exact")
+    exact = args.get("accumulation", "exact") == "exact"
+    expected = _window_update(reference, ([0, 1], [2, 3]), exact=exact)
     params = [p for p in module.model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     norm = torch.sqrt(sum((e * e).sum() for e in expected))
     clip = min(1.0, 0.05 / (float(norm) + 1e-6))
     _fit_one_step(module, tmp_path, accumulate=2, clip=0.05)
     assert clip < 1.0  # the clipping is active
+    # the rows the last micro-batch aggregated: the window's mean rows (exact) or its own rows
+    rows = [_independent(reference, _batch(idx), "param")[0] for idx in ([0, 1], [2, 3])]
+    torch.testing.assert_close(module.last_gradients.rows, (rows[0] + rows[1]) / 2 if exact else rows[1])
     for b, p, e in zip(before, params, expected):
         torch.testing.assert_close(b - p.detach(), clip * e, rtol=1e-4, atol=1e-7)
 
