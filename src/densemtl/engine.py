@@ -38,7 +38,7 @@ from densemtl.tasks import get_task
 from densemtl.viz import grid, to_display
 from densemtl.weighting import Kind, StepContext, TrainInfo, Weighting, build_weighting
 from densemtl.weighting.base import EpochStats, StepEnd, task_objective_terms
-from densemtl.weighting.ddp_sync import ParamSpaceSync
+from densemtl.weighting.ddp_sync import ParamSpaceSync, check_same_on_all_ranks
 from densemtl.weighting.epoch_stats import EpochAccumulator, reduce_mean
 from densemtl.weighting.gradient_method import GradientWeighting
 from densemtl.weighting.gradients import GradientSpace, GradientStep, MicroBatch, RowAccumulator, gradient_step
@@ -111,6 +111,9 @@ class MultiTaskModule(L.LightningModule):
         log_images: number of validation images logged to TensorBoard per epoch (0 disables).
         coherence: cross-task coherence at test and predict time (:mod:`densemtl.metrics.coherence`): True
             (defaults, wherever the task set allows), False, or options of ``CoherenceMetrics``.
+        check_rank_weights: debugging under DDP: after every gradient-method step, check that the weights are
+            bitwise identical on all ranks (one all-gather per step; a ``RuntimeError`` names the ranks). Loss
+            methods are not checked: SI's and GLS's implied weights come from rank-local losses by design.
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class MultiTaskModule(L.LightningModule):
         delta_m_reference: str | None = None,
         log_images: int = 4,
         coherence: bool | dict[str, Any] = True,
+        check_rank_weights: bool = False,
     ) -> None:
         super().__init__()
         if not tasks:
@@ -313,6 +317,9 @@ class MultiTaskModule(L.LightningModule):
         self._epoch_stats.update(stats, batch_size)
         if weights is not None:  # None before the last micro-batch of an exact accumulation window
             self._trajectory.record(weights)
+            if self.hparams.check_rank_weights and kind in GRADIENT_KINDS:
+                stacked = torch.stack([torch.as_tensor(weights[t]).detach().float().reshape(()) for t in self.tasks])
+                check_same_on_all_ranks(stacked, f"weights of {self.hparams.weighting!r} at step {self.global_step}")
         if self.train_metrics is not None:
             self.train_metrics.update({t: p.detach() for t, p in output.preds.items()}, batch)
         self._post_step_batch = batch if kind is Kind.LOSSES_POST_STEP else None

@@ -93,6 +93,7 @@ def _fit(case: str, rank: int, world: int) -> dict:
         weight_decay=0.0,
         lr=0.1,
         log_images=0,
+        check_rank_weights=world > 1,  # the debug check of §1.7 rule 7 runs in the DDP fits
     )
     params = list(module.model.parameters())
     before = [p.detach().clone() for p in params]
@@ -153,3 +154,21 @@ def test_lightning_ddp_identical_ranks_equal_one_process_and_no_second_allreduce
         assert r0["norm"] == pytest.approx(single["norm"], rel=1e-5), case
         assert r0["probe"] == pytest.approx(single["probe"], abs=1e-5 * single["norm"]), case
         assert r0["norm"] > 0
+
+
+def _rank_dependent(rank: int, world: int) -> dict:
+    from densemtl.weighting.ddp_sync import check_same_on_all_ranks
+
+    check_same_on_all_ranks(torch.tensor([0.5, 0.25]), "equal weights")
+    try:
+        check_same_on_all_ranks(torch.tensor([0.5, 0.25 + rank * 1e-7]), "weights")
+    except RuntimeError as error:
+        return {"error": str(error)}
+    return {"error": None}
+
+
+def test_the_rank_weight_check_names_the_ranks_that_differ(gloo_ranks):
+    ranks = gloo_ranks(_rank_dependent, world=2, timeout=120)
+    for result in ranks:
+        assert result["error"] is not None and "weights differ across DDP ranks" in result["error"]
+        assert "rank 0: [0.5, 0.25]; rank 1: [0.5, 0.2500000" in result["error"]

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from densemtl.weighting.epoch_stats import distributed_world_size
 
-__all__ = ["BUCKET_NUMEL", "ParamSpaceSync", "average_gradients"]
+__all__ = ["BUCKET_NUMEL", "ParamSpaceSync", "average_gradients", "check_same_on_all_ranks"]
 
 BUCKET_NUMEL = 1 << 24
 """Elements per all-reduce bucket (64 MiB in fp32)."""
@@ -108,3 +108,18 @@ class ParamSpaceSync:
         params = [p for n, p in module.named_parameters() if p.requires_grad and id(p) not in skip and n not in ignored]
         average_gradients(params)
         self.restore()
+
+
+def check_same_on_all_ranks(value: Tensor, what: str) -> None:
+    """Raise ``RuntimeError`` unless ``value`` is bitwise identical on every rank (``spec/weighting.md`` §1.7
+    rule 7's debug check; one all-gather and a host comparison, so for debugging only). Identity in one process."""
+    world = distributed_world_size()
+    if world == 1:
+        return
+    value = value.detach().reshape(-1)
+    gathered = [torch.empty_like(value) for _ in range(world)]
+    dist.all_gather(gathered, value.contiguous())
+    differing = [r for r, other in enumerate(gathered) if not torch.equal(other, gathered[0])]
+    if differing:
+        shown = "; ".join(f"rank {r}: {gathered[r].tolist()}" for r in (0, *differing))
+        raise RuntimeError(f"{what} differ across DDP ranks (they must be bitwise identical): {shown}")
