@@ -24,6 +24,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import Metric
 
 from densemtl.guards import skip_nonfinite_losses
@@ -236,6 +237,17 @@ class MultiTaskModule(L.LightningModule):
                 "every micro-batch's graph until the weights are known. Use weighting_args {space: param} (exact "
                 "accumulation), {accumulation: per_micro_batch} (each micro-batch aggregated on its own), or "
                 "accumulate_grad_batches: 1"
+            )
+        if (
+            isinstance(self.weighting, GradientWeighting)
+            and self.weighting.space == "param"
+            and trainer.world_size > 1
+            and not isinstance(getattr(trainer.strategy, "model", None), DistributedDataParallel)
+        ):
+            raise ValueError(
+                f"weighting {self.hparams.weighting!r} in param space runs on one device or under DDP "
+                f"(strategy ddp, ddp_spawn, ddp_fork); strategy {type(trainer.strategy).__name__} shards or wraps "
+                "the parameters differently. Use a DDP strategy, or weighting_args {space: rep}"
             )
         self.weighting.on_train_start(
             TrainInfo(

@@ -430,3 +430,17 @@ def test_gramian_is_accurate_and_symmetric_for_long_rows():
         torch.set_float32_matmul_precision(previous)
     assert gram.dtype == torch.float32 and torch.equal(gram, gram.T)
     assert float((gram.double() - exact).abs().max() / exact.abs().max()) < 1e-6
+
+
+def test_param_space_refuses_a_multi_process_strategy_that_is_not_ddp():
+    from types import SimpleNamespace
+
+    module = _module("mgda", {"space": "param"})
+    fsdp_like = SimpleNamespace(model=module)  # e.g. FSDP or DeepSpeed: the model is not DDP-wrapped
+    module._trainer = SimpleNamespace(
+        accumulate_grad_batches=1, world_size=2, strategy=fsdp_like, num_training_batches=4, max_epochs=1
+    )
+    with pytest.raises(ValueError, match=r"param space runs on one device or under DDP.*SimpleNamespace"):
+        module.on_train_start()
+    module._trainer.world_size = 1  # one process: any strategy
+    module.on_train_start()
