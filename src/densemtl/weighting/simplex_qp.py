@@ -44,7 +44,13 @@ import functools
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_ENUMERATION_TASKS", "lower_bounded_min_norm", "simplex_min_norm", "subset_masks"]
+__all__ = [
+    "MAX_ENUMERATION_TASKS",
+    "lower_bounded_min_norm",
+    "simplex_kkt_matrices",
+    "simplex_min_norm",
+    "subset_masks",
+]
 
 MAX_ENUMERATION_TASKS = 12
 """Largest T solved by enumeration (4,096 active sets); the methods use the host solvers above it."""
@@ -81,6 +87,19 @@ def _kkt_templates(t: int, device: torch.device, bordered: bool) -> tuple[Tensor
         constant[:, :t, t] = masks
         constant[:, t, :t] = masks
     return masks, kblock, constant
+
+
+def simplex_kkt_matrices(k: Tensor) -> tuple[Tensor, Tensor]:
+    """The bordered KKT matrices of every non-empty support S of the simplex, for a symmetric K (T, T) float64.
+
+    Returns:
+        (masks (B, T) float64, matrices (B, T + 1, T + 1)), B = 2^T − 1 in :func:`subset_masks` order. Matrix
+        S is [[K_SS, 1_S], [1_Sᵀ, 0]], with the identity on the rows and columns of the tasks off S (so a
+        solve returns 0 there for a right-hand side that is 0 there). Used by CAGrad's on-device solve.
+    """
+    t = k.shape[0]
+    masks, kblock, constant = _kkt_templates(t, k.device, True)
+    return masks, torch.addcmul(constant, kblock, torch.nn.functional.pad(k, (0, 1, 0, 1)))
 
 
 def _symmetric_f64(gram: Tensor) -> Tensor:

@@ -12,8 +12,9 @@ the same weights from the same reduced K.
   for UPGrad's on-device solve and its fallback above 12 tasks.
 - :func:`nash_bargaining`: α > 0 with α ⊙ Kα = 1 (Nash-MTL), by damped Newton on the strictly convex
   ½αᵀKα − Σ log α, whose stationary point is that system. Nash-MTL's explicitly CPU solver (§1.5).
-- :func:`cagrad_weights`: argmin_{w ∈ Δ_T} wᵀb + c √(wᵀKw + ε) (CAGrad), by SLSQP with the exact gradient
-  (the reference solver) at a tight tolerance.
+- :func:`reference_cagrad_weights`: argmin_{w ∈ Δ_T} wᵀb + c √(wᵀKw + ε) (CAGrad), by SLSQP with the exact
+  gradient at a tight tolerance. CAGrad solves this exactly on the device (``weighting/cagrad.py``); this host
+  version is the tests' reference and CAGrad's fallback above 12 tasks.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "gram_factor",
     "min_norm_simplex",
     "nash_bargaining",
+    "reference_cagrad_weights",
     "reference_lower_bounded_qp",
     "reference_min_norm_simplex",
 ]
@@ -113,8 +115,9 @@ def nash_bargaining(
     return alpha / np.sqrt(norm), res, it, res <= tol
 
 
-def cagrad_weights(gram: np.ndarray, c_abs: float, eps: float = 1e-8) -> np.ndarray:
-    """w* = argmin_{w ∈ Δ_T} wᵀ(K1/T) + c_abs √(wᵀKw + ε), by SLSQP (exact gradient, ftol 1e-14)."""
+def reference_cagrad_weights(gram: np.ndarray, c_abs: float, eps: float = 1e-8) -> np.ndarray:
+    """w* = argmin_{w ∈ Δ_T} wᵀ(K1/T) + c_abs √(wᵀKw + ε) for K (T, T) float64 on the host, by SLSQP (exact
+    gradient, ftol 1e-14) from the uniform point; any T."""
     t = gram.shape[0]
     b = gram.mean(axis=1)
 
@@ -133,3 +136,7 @@ def cagrad_weights(gram: np.ndarray, c_abs: float, eps: float = 1e-8) -> np.ndar
     )
     w = np.clip(res.x, 0.0, None)
     return w / w.sum()
+
+
+cagrad_weights = reference_cagrad_weights
+"""Former name of :func:`reference_cagrad_weights` (host), kept for existing callers."""
