@@ -231,7 +231,13 @@ def test_solvers_and_methods_run_without_host_sync(no_host_sync):
     tasks = ("a", "b", "c", "d")
     losses = {t: torch.tensor(1.0, dtype=F64) for t in tasks}
     outs = []
-    for name, args in (("mgda", None), ("mgda", {"normalize": "loss+"}), ("upgrad", None), ("pcgrad", None)):
+    for name, args in (
+        ("mgda", None),
+        ("mgda", {"normalize": "loss+"}),
+        ("upgrad", None),
+        ("pcgrad", None),
+        ("cagrad", None),
+    ):
         m = build_weighting(name, args, tasks=tasks)
         m.on_train_start(TrainInfo(tasks=tasks, seed=0))
         ctx = StepContext(epoch=1, step=1, loss_values=torch.tensor([1.0, 0.5, 2.0, 1.0], dtype=F64))
