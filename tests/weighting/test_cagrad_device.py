@@ -23,9 +23,9 @@ import pytest
 import torch
 from scipy.optimize import minimize, minimize_scalar
 
-from densemtl.weighting import StepContext, TrainInfo, build_weighting, simplex_qp
+from densemtl.weighting import StepContext, TrainInfo, build_weighting
 from densemtl.weighting.cagrad import SQRT_EPS, cagrad_objective, cagrad_weights
-from densemtl.weighting.simplex_qp import MAX_ENUMERATION_TASKS, subset_masks
+from densemtl.weighting.simplex_qp import MAX_ENUMERATION_TASKS
 from densemtl.weighting.solvers import reference_cagrad_weights, reference_min_norm_simplex
 
 F64 = torch.float64
@@ -253,27 +253,6 @@ def test_cagrad_falls_back_to_the_host_reference_above_the_enumeration_limit():
     m, ctx = _cagrad(t)
     w = m.weights(torch.tensor(k), {}, ctx).weights.numpy()
     np.testing.assert_array_equal(w, reference_cagrad_weights(k, 0.4 * math.sqrt(k.mean() + 1e-8) + 1e-8))
-
-
-_HOST_SYNCS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__")
-
-
-@pytest.fixture
-def no_host_sync(monkeypatch):
-    """Every tensor→host conversion raises while the fixture is active (also on the cold mask caches)."""
-    subset_masks.cache_clear()
-    simplex_qp._kkt_templates.cache_clear()
-
-    def forbid(name):
-        def raiser(*args, **kwargs):
-            raise AssertionError(f"host synchronisation: Tensor.{name} called")
-
-        return raiser
-
-    for name in _HOST_SYNCS:
-        monkeypatch.setattr(torch.Tensor, name, forbid(name))
-    yield
-    monkeypatch.undo()
 
 
 def test_cagrad_runs_without_host_sync(no_host_sync):

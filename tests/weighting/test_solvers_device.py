@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from densemtl.weighting import StepContext, TrainInfo, build_weighting, simplex_qp
+from densemtl.weighting import StepContext, TrainInfo, build_weighting
 from densemtl.weighting.simplex_qp import (
     MAX_ENUMERATION_TASKS,
     lower_bounded_min_norm,
@@ -187,27 +187,6 @@ def test_subset_masks_order_and_count():
     masks = subset_masks(3, torch.device("cpu"))
     assert masks.int().tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1]]
     assert subset_masks(5, torch.device("cpu"), include_empty=True).shape == (32, 5)
-
-
-_HOST_SYNCS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__")
-
-
-@pytest.fixture
-def no_host_sync(monkeypatch):
-    """Every tensor→host conversion raises while the fixture is active (also on the cold mask caches)."""
-    subset_masks.cache_clear()
-    simplex_qp._kkt_templates.cache_clear()
-
-    def forbid(name):
-        def raiser(*args, **kwargs):
-            raise AssertionError(f"host synchronisation: Tensor.{name} called in the solver")
-
-        return raiser
-
-    for name in _HOST_SYNCS:
-        monkeypatch.setattr(torch.Tensor, name, forbid(name))
-    yield
-    monkeypatch.undo()
 
 
 def test_the_fixture_catches_host_syncs(no_host_sync):
