@@ -54,6 +54,16 @@ class PredictionImageWriter(BasePredictionWriter):
         self.overview = overview
         self.save_raw = save_raw
         self.written: list[Path] = []
+        self._dir: Path | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # trainer.log_dir is a collective under DDP (rank 0 broadcasts it): resolve the folder once, here, on
+        # every rank; read inside the rank-0-only branch of on_predict_end it would wait for the other ranks
+        self._dir = self._out(trainer)
+
+    def _folder(self, trainer: Trainer) -> Path:
+        """The folder resolved in :meth:`setup` (``_out`` when the hooks are driven without it)."""
+        return self._dir if self._dir is not None else self._out(trainer)
 
     def _out(self, trainer: Trainer) -> Path:
         """``output_dir``; else ``<log_dir>/predictions`` when the logger writes under ``default_root_dir``;
@@ -73,7 +83,7 @@ class PredictionImageWriter(BasePredictionWriter):
         skipped = getattr(datasets.get("predict"), "skipped", None)
         if skipped and trainer.is_global_zero:
             lines = "".join(f"{path}\t{reason}\n" for path, reason in skipped)
-            atomic_write_text(self._out(trainer) / "skipped.txt", lines)
+            atomic_write_text(self._folder(trainer) / "skipped.txt", lines)
 
     def write_on_batch_end(
         self,
@@ -85,7 +95,7 @@ class PredictionImageWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        out = self._out(trainer)
+        out = self._folder(trainer)
         preds: Mapping[str, Tensor] = prediction["preds"]
         metas = prediction.get("meta") or [{} for _ in range(next(iter(preds.values())).shape[0])]
         for i, meta in enumerate(metas):

@@ -200,6 +200,7 @@ class MultiTaskModule(L.LightningModule):
         self._rows = RowAccumulator()  # exact gradient accumulation over a window's micro-batches
         self._window = MicroBatch()
         self._param_sync = ParamSpaceSync()  # DDP: param-space steps bypass the reducer (§1.7 rule 5)
+        self._run_dir: Path | None = None  # read in setup()
         ignored = getattr(self.weighting, "ddp_ignored_parameters", ())
         if ignored:
             self._ddp_params_and_buffers_to_ignore = [f"weighting.{n}" for n in ignored]
@@ -211,8 +212,9 @@ class MultiTaskModule(L.LightningModule):
 
     def _output_dir(self) -> Path:
         """The run folder (``trainer.log_dir``, else ``default_root_dir``) read in :meth:`setup`."""
-        run_dir = getattr(self, "_run_dir", None)
-        return run_dir if run_dir is not None else Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if self._run_dir is not None:
+            return self._run_dir
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
     # ------------------------------------------------------------------ forward / training
     def forward(self, images: Tensor):  # noqa: D401 - Lightning hook
