@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from densemtl.engine import WEIGHTS_PNG, MultiTaskModule
 from densemtl.weighting import TrainInfo
 from densemtl.weighting.epoch_stats import EpochAccumulator
-from trainers import quiet_trainer
+from trainers import quiet_trainer, tiny_module
 
 TASKS = ["semseg", "depth", "normals"]
 
@@ -67,20 +67,7 @@ class _ResumableLoader(DataLoader):
 
 
 def _module(weighting: str = "ew", weighting_args: dict | None = None, **kwargs) -> MultiTaskModule:
-    torch.manual_seed(0)
-    return MultiTaskModule(
-        tasks=TASKS,
-        num_classes={"semseg": 3},
-        family="nyud",
-        arch="hps",
-        arch_args={"pretrained": None, "neck_channels": 8, "head_channels": 8},
-        weighting=weighting,
-        weighting_args=weighting_args,
-        scheduler="none",
-        lr=1e-3,
-        log_images=0,
-        **kwargs,
-    )
+    return tiny_module(tasks=TASKS, weighting=weighting, weighting_args=weighting_args, lr=1e-3, **kwargs)
 
 
 def _trainer(root, max_steps: int, **kwargs) -> L.Trainer:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from densemtl.checkpointing import AtomicCheckpointIO, FiniteModelCheckpoint
 from densemtl.engine import MultiTaskModule
 from densemtl.guards import NonFiniteGuard, NonFiniteTrainingError, nonfinite_parameters, skip_nonfinite_losses
+from trainers import tiny_fit_args, tiny_module
 
 TASKS = ["semseg", "depth", "normals"]
 
@@ -34,17 +35,7 @@ class _Samples(Dataset):
 
 
 def _module() -> MultiTaskModule:
-    torch.manual_seed(0)
-    return MultiTaskModule(
-        tasks=TASKS,
-        num_classes={"semseg": 3},
-        family="nyud",
-        arch="hps",
-        arch_args={"pretrained": None, "neck_channels": 8, "head_channels": 8},
-        scheduler="none",
-        lr=1e-3,
-        log_images=0,
-    )
+    return tiny_module(tasks=TASKS, lr=1e-3)
 
 
 def _poison_losses(module: MultiTaskModule, steps: set[int] | None, tasks: tuple[str, ...]) -> None:
@@ -200,22 +191,7 @@ def test_fit_with_a_huge_learning_rate_stops_with_an_error_and_no_nonfinite_chec
     """The reported reproduction: `densemtl fit --model.lr 1e6` used to exit 0 with a NaN model kept as best."""
     from densemtl.cli import main
 
-    args = [
-        "fit",
-        "--config=src/densemtl/resources/demo.yaml",
-        f"--data.root={tmp_path / 'data'}",
-        '--data.generate={"train": 8, "val": 2, "size": [32, 40], "seed": 0, "workers": 1}',
-        "--data.train_size=[32, 40]",
-        "--data.batch_size=2",
-        "--data.num_workers=0",
-        "--model.log_images=0",
-        "--model.arch_args={'encoder': 'resnet18', 'pretrained': null, 'neck_channels': 8, 'head_channels': 8}",
-        f"--trainer.default_root_dir={tmp_path / 'runs'}",
-        "--trainer.max_epochs=4",
-        "--trainer.enable_progress_bar=false",
-        "--model.lr=1e6",
-        "--nonfinite.max_consecutive=3",
-    ]
+    args = [*tiny_fit_args(tmp_path, max_epochs=4), "--model.lr=1e6", "--nonfinite.max_consecutive=3"]
     stop = pytest.raises(NonFiniteTrainingError, match="3 consecutive steps were skipped")
     with stop, caplog.at_level(logging.WARNING):
         main(args)

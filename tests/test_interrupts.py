@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from trainers import tiny_fit_args
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,18 +22,7 @@ def _fit_command(tmp_path: Path, *extra: str) -> list[str]:
         sys.executable,
         "-c",
         "import sys; from densemtl.cli import main; sys.exit(main())",
-        "fit",
-        "--config=src/densemtl/resources/demo.yaml",
-        f"--data.root={tmp_path / 'data'}",
-        '--data.generate={"train": 8, "val": 2, "size": [32, 40], "seed": 0, "workers": 1}',
-        "--data.train_size=[32, 40]",
-        "--data.batch_size=2",
-        "--data.num_workers=0",
-        "--model.log_images=0",
-        "--model.arch_args={'encoder': 'resnet18', 'pretrained': null, 'neck_channels': 8, 'head_channels': 8}",
-        f"--trainer.default_root_dir={tmp_path / 'runs'}",
-        "--trainer.max_epochs=1000",
-        "--trainer.enable_progress_bar=false",
+        *tiny_fit_args(tmp_path, max_epochs=1000),
         *extra,
     ]
 

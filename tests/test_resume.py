@@ -18,7 +18,7 @@ from densemtl.checkpointing import AtomicCheckpointIO, RandomState
 from densemtl.data.datamodule import MultiTaskDataModule
 from densemtl.engine import MultiTaskModule
 from densemtl.interrupts import INTERRUPT_CKPT, GracefulInterrupt
-from trainers import quiet_trainer
+from trainers import quiet_trainer, tiny_module
 
 TASKS = ["semseg", "depth", "normals"]
 BATCHES_PER_EPOCH = 3  # 6 training images, batch size 2
@@ -46,18 +46,7 @@ def data_root(tmp_path_factory):
 
 
 def _module() -> MultiTaskModule:
-    torch.manual_seed(0)
-    return MultiTaskModule(
-        tasks=TASKS,
-        num_classes={"semseg": 14},
-        family="nyud",
-        arch="hps",
-        arch_args={"pretrained": None, "neck_channels": 8, "head_channels": 8},
-        weighting="dwa",
-        scheduler="poly",
-        lr=1e-3,
-        log_images=0,
-    )
+    return tiny_module(tasks=TASKS, num_classes={"semseg": 14}, weighting="dwa", scheduler="poly", lr=1e-3)
 
 
 class _SignalAt(L.Callback):

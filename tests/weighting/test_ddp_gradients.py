@@ -22,8 +22,7 @@ import torch
 from engine_steps import synthetic_sample
 from torch.utils.data import DataLoader
 
-from densemtl.engine import MultiTaskModule
-from trainers import quiet_trainer
+from trainers import quiet_trainer, tiny_module
 
 TASKS = ["semseg", "depth", "normals"]
 STEPS, GLOBAL_BATCH = 2, 4
@@ -78,21 +77,14 @@ def _fit(case: str, rank: int, world: int) -> dict:
     if world == 1:
         accumulate = 1  # the reference: one process, the whole global batch in one step
     method = case.split("_rep")[0].split("_accumulated")[0]
-    torch.manual_seed(0)
-    module = MultiTaskModule(
+    module = tiny_module(
         tasks=TASKS,
-        num_classes={"semseg": 3},
-        family="nyud",
-        arch="hps",
-        arch_args={"pretrained": None, "neck_channels": 8, "head_channels": 8},
         weighting=method,
         weighting_args=args,
-        scheduler="none",
         optimizer="sgd",
         momentum=0.0,
         weight_decay=0.0,
         lr=0.1,
-        log_images=0,
         check_rank_weights=world > 1,  # the debug check of §1.7 rule 7 runs in the DDP fits
     )
     params = list(module.model.parameters())

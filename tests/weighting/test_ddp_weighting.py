@@ -14,7 +14,7 @@ import pytest
 import torch
 from engine_steps import average_gradients, start_training, synthetic_batch
 
-from densemtl.engine import MultiTaskModule
+from trainers import tiny_module
 
 TASKS = ["semseg", "depth", "normals"]
 EPOCHS, STEPS, HALF = 3, 2, 2
@@ -34,19 +34,7 @@ def _batch(indices) -> dict:
 
 def _train(config: str, rank: int, world: int) -> dict:
     name, args, mirrored = CONFIGS[config]
-    torch.manual_seed(0)
-    module = MultiTaskModule(
-        tasks=TASKS,
-        num_classes={"semseg": 3},
-        family="nyud",
-        arch="hps",
-        arch_args={"pretrained": None, "neck_channels": 8, "head_channels": 8},
-        weighting=name,
-        weighting_args=args,
-        scheduler="none",
-        lr=1e-3,
-        log_images=0,
-    )
+    module = tiny_module(tasks=TASKS, weighting=name, weighting_args=args, lr=1e-3)
     start_training(module, TASKS, world, family="nyud")
     optimizer = module.configure_optimizers()
     params = [p for g in optimizer.param_groups for p in g["params"]]

@@ -15,7 +15,7 @@ from densemtl.models.base import MultiTaskModel, MultiTaskOutput
 from densemtl.weighting import StepContext, TrainInfo
 from densemtl.weighting.base import task_objective_terms
 from densemtl.weighting.gradients import GradientSpace
-from trainers import quiet_trainer
+from trainers import TINY_HPS, quiet_trainer, tiny_module
 
 TASKS = ["semseg", "depth", "normals"]
 
@@ -31,17 +31,12 @@ def _batch(indices) -> dict:
 def _module(
     weighting: str = "mgda", args: dict | None = None, arch: str = "hps", arch_args: dict | None = None, **kw
 ) -> MultiTaskModule:
-    torch.manual_seed(0)
-    module = MultiTaskModule(
+    module = tiny_module(
         tasks=TASKS,
-        num_classes={"semseg": 3},
-        family="nyud",
         arch=arch,
-        arch_args=arch_args or {"pretrained": None, "neck_channels": 8, "head_channels": 8},
+        arch_args=arch_args or TINY_HPS["arch_args"],
         weighting=weighting,
         weighting_args=args,
-        scheduler="none",
-        log_images=0,
         **kw,
     )
     module.log = module.log_dict = lambda *a, **k: None
