@@ -449,7 +449,7 @@ def gradient_step(
                 return GradientStep(objective, total, None, None, rows[: len(tasks)], None, None)
             rows = summed / window.count  # the gradient of the window's objective (1/k) Σ_i f_t^(i)
         rows = reduce(rows)  # rows and the internal terms' row in one collective
-        internal_row = rows[len(tasks)] if internal is not None and branches is None else None
+        internal_row = rows[len(tasks)] if internal is not None else None  # detached branches forbid internal terms
         rows = rows[: len(tasks)]
         gram = _gram(rows) if kind is Kind.GRAMIAN else None  # task_grads methods work on the rows
     checked = gram if gram is not None else rows
